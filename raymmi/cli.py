@@ -1,0 +1,293 @@
+"""The ``raymmi`` command line: ``raymmi <stage> [...] [--config file.yaml] [--set key=value]``.
+
+Known errors (bad input, bad configuration) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from raymmi.config import (
+    ExportConfig,
+    IngestCellsConfig,
+    IngestPlatesConfig,
+    RayConfig,
+    TrackingConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+)
+from raymmi.schema import RaymmiError
+
+T = TypeVar("T")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--config", help="YAML file with this stage's settings")
+    group.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting"
+    )
+    group.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    group.add_argument("--num-cpus", type=int, help="CPUs of the local Ray")
+    group.add_argument("--object-store-mb", type=int, help="object store of the local Ray (MiB)")
+    group.add_argument(
+        "--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
+    )
+    group.add_argument("--experiment", default="raymmi", help="MLflow experiment name")
+    group.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    group.add_argument("--overwrite", action="store_true", default=None, help="replace --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every stage."""
+    parser = argparse.ArgumentParser(
+        prog="raymmi",
+        description="Cell Painting plates and multimodal single cells, distributed on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline on generated and real data")
+    demo.add_argument("--out", default="raymmi-demo", help="folder for every output")
+    demo.add_argument("--small", action="store_true", help="tiny sizes (tests, smoke runs)")
+    _common(demo)
+
+    ingest = sub.add_parser("ingest", help="bring tables or h5ad/h5mu files into shard sets")
+    ingest_sub = ingest.add_subparsers(dest="kind", required=True)
+    plates = ingest_sub.add_parser("plates", help="profile tables or CellProfiler folders")
+    plates.add_argument("sources", nargs="*", help="CSV/CSV.gz/Parquet files or site folders")
+    plates.add_argument("--out", help="output shard set")
+    plates.add_argument("--negcon", help="pandas query marking negative controls")
+    plates.add_argument("--on-nan", choices=["fail", "drop-rows", "keep"], help="NaN/inf policy")
+    plates.add_argument("--aggregate", choices=["median", "mean"], help="cells to wells")
+    plates.add_argument("--batch-rows", type=int, help="rows per streamed batch")
+    _common(plates)
+    cells = ingest_sub.add_parser("cells", help="paired RNA + ATAC or RNA + ADT")
+    cells.add_argument("--rna", help="RNA .h5ad (or .h5mu with the other modality inside)")
+    cells.add_argument("--atac", help="ATAC .h5ad/.h5mu")
+    cells.add_argument("--adt", help="ADT (protein) .h5ad/.h5mu")
+    cells.add_argument("--out", help="output shard set")
+    cells.add_argument("--chunk-size", type=int, help="cells per chunk and per file")
+    cells.add_argument("--batch-key", help="obs column with the batch (default: batch)")
+    _common(cells)
+
+    export = sub.add_parser("export", help="shard set to .parquet/.csv (plates) or .h5ad")
+    export.add_argument("source", nargs="?", help="shard set directory")
+    export.add_argument("--out", help="output file")
+    _common(export)
+
+    generate = sub.add_parser("generate", help="seeded synthetic shard sets of any size")
+    gen_sub = generate.add_subparsers(dest="kind", required=True)
+    gp = gen_sub.add_parser("plates", help="plates with batch effects, controls, compounds")
+    gp.add_argument("--out", required=True)
+    gp.add_argument("--seed", type=int, default=0)
+    gp.add_argument("--plates", type=int, help="number of plates")
+    gp.add_argument("--wells", type=int, help="wells per plate")
+    gp.add_argument("--features", type=int, help="features")
+    gp.add_argument("--batches", type=int, help="batches")
+    _common(gp)
+    gc = gen_sub.add_parser("cells", help="multiome (RNA+ATAC) or CITE (RNA+ADT) cells")
+    gc.add_argument("--out", required=True)
+    gc.add_argument("--seed", type=int, default=0)
+    gc.add_argument("--kind", dest="cell_kind", choices=["multiome", "cite"])
+    gc.add_argument("--cells", type=int, help="number of cells")
+    gc.add_argument("--genes", type=int, help="genes")
+    gc.add_argument("--peaks", type=int, help="ATAC peaks")
+    gc.add_argument("--batches", type=int, help="batches")
+    _common(gc)
+
+    inspect = sub.add_parser("inspect", help="print a shard set's manifest summary")
+    inspect.add_argument("source", help="shard set directory")
+    inspect.add_argument("--verify", action="store_true", help="re-hash every file")
+    return parser
+
+
+def _settings(cls: type[T], args: argparse.Namespace, flags: dict[str, Any], *, where: str) -> T:
+    data: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    data.update({k: v for k, v in flags.items() if v is not None and v != []})
+    data = apply_overrides(data, getattr(args, "set", []))
+    return from_dict(cls, data, where=where)
+
+
+def _ray(args: argparse.Namespace) -> RayConfig:
+    return RayConfig(
+        address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb
+    )
+
+
+def _tracking(args: argparse.Namespace) -> TrackingConfig:
+    return TrackingConfig(
+        uri=args.tracking_uri, experiment=args.experiment, enabled=not args.no_track
+    )
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from raymmi import run
+
+    if args.kind == "plates":
+        config = _settings(
+            IngestPlatesConfig,
+            args,
+            {
+                "sources": args.sources,
+                "out": args.out,
+                "negcon": args.negcon,
+                "on_nan": args.on_nan,
+                "aggregate": args.aggregate,
+                "batch_rows": args.batch_rows,
+                "overwrite": args.overwrite,
+            },
+            where="ingest plates",
+        )
+        manifest = run.ingest_plates(config, ray_config=_ray(args), tracking=_tracking(args))
+        print(
+            f"wrote {manifest.num_rows} rows, {len(manifest.plates)} plates, "
+            f"{len(manifest.features)} features to {config.out}"
+        )
+        return 0
+    config_c = _settings(
+        IngestCellsConfig,
+        args,
+        {
+            "rna": args.rna,
+            "atac": args.atac,
+            "adt": args.adt,
+            "out": args.out,
+            "chunk_size": args.chunk_size,
+            "batch_key": args.batch_key,
+            "overwrite": args.overwrite,
+        },
+        where="ingest cells",
+    )
+    manifest = run.ingest_cells(config_c, ray_config=_ray(args), tracking=_tracking(args))
+    mods = ", ".join(f"{m.name} ({len(m.features)})" for m in manifest.modalities)
+    print(f"wrote {manifest.num_rows} cells with {mods} to {config_c.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from raymmi import run
+
+    config = _settings(
+        ExportConfig,
+        args,
+        {"source": args.source, "out": args.out, "overwrite": args.overwrite},
+        where="export",
+    )
+    rows = run.export(config, tracking=_tracking(args))
+    print(f"wrote {rows} rows to {config.out}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from raymmi import run, testing
+
+    if args.kind == "plates":
+        flags = {
+            "seed": args.seed,
+            "n_plates": args.plates,
+            "wells_per_plate": args.wells,
+            "n_features": args.features,
+            "n_batches": args.batches,
+        }
+        spec = _settings(testing.PlateSetSpec, args, flags, where="generate plates")
+        manifest = run.generate_plates(
+            spec,
+            out=args.out,
+            overwrite=bool(args.overwrite),
+            ray_config=_ray(args),
+            tracking=_tracking(args),
+        )
+    else:
+        flags = {
+            "seed": args.seed,
+            "kind": args.cell_kind,
+            "n_cells": args.cells,
+            "n_genes": args.genes,
+            "n_peaks": args.peaks,
+            "n_batches": args.batches,
+        }
+        spec_c = _settings(testing.CellSetSpec, args, flags, where="generate cells")
+        manifest = run.generate_cells(
+            spec_c,
+            out=args.out,
+            overwrite=bool(args.overwrite),
+            ray_config=_ray(args),
+            tracking=_tracking(args),
+        )
+    print(f"wrote {manifest.num_rows} rows to {args.out}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from raymmi.io import open_shard_set
+
+    shard_set = open_shard_set(args.source)
+    m = shard_set.manifest
+    print(f"{args.source}: {m.kind} shard set, schema v{m.schema_version}")
+    print(f"  rows {m.num_rows}, files {len(m.files)}")
+    if m.kind == "plates":
+        print(f"  plates {len(m.plates)}, features {len(m.features)}, metadata {list(m.metadata)}")
+    for mod in m.modalities:
+        print(f"  modality {mod.name}: {mod.encoding}, {len(mod.features)} features")
+    print(
+        f"  produced by: {m.producer.get('command')} "
+        f"(MLflow run {m.producer.get('mlflow_run_id')})"
+    )
+    for parent in m.parents:
+        print(f"  parent: {parent.get('uri')}")
+    if args.verify:
+        problems = shard_set.verify()
+        for p in problems:
+            print(f"  DAMAGED {p}")
+        if problems:
+            return 1
+        print("  every checksum matches the manifest")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from raymmi.demo import run_demo
+
+    run_demo(
+        out=args.out,
+        small=args.small,
+        ray_config=_ray(args),
+        tracking=_tracking(args),
+    )
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _demo,
+    "ingest": _ingest,
+    "export": _export,
+    "generate": _generate,
+    "inspect": _inspect,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``raymmi`` command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RaymmiError as err:
+        print(f"raymmi: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raymmi: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text if os.environ.get("RAYMMI_DEBUG") is None else repr(err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Export shard sets: plates to one wide pycytominer-style table, cells to ``.h5ad``.
+
+Both stream file by file (memory: one shard file), write to a temporary sibling and rename it
+into place when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from raymmi.io._shardset import ShardSet
+from raymmi.schema import (
+    CELL_ID,
+    RaymmiError,
+    depth_column,
+    indices_column,
+    list_to_dense,
+    lists_to_sparse,
+    values_column,
+)
+
+EXPORT_SUFFIXES = {"plates": (".parquet", ".csv", ".csv.gz"), "cells": (".h5ad",)}
+
+
+def export_format(shard_set: ShardSet, out: str) -> str:
+    """The output format implied by ``out``'s suffix; errors name the allowed ones."""
+    allowed = EXPORT_SUFFIXES[shard_set.kind]
+    for suffix in allowed:
+        if out.lower().endswith(suffix):
+            return suffix
+    msg = f"cannot export a {shard_set.kind!r} shard set to {out!r}; use one of {list(allowed)}"
+    raise RaymmiError(msg)
+
+
+def _atomic(out: str, overwrite: bool, write: Callable[[str], None]) -> None:
+    target = Path(out)
+    if target.exists() and not overwrite:
+        msg = f"output {out!r} already exists; choose another --out or pass --overwrite"
+        raise RaymmiError(msg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def export_plates(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> int:
+    """Write a ``plates`` set as one wide table (Parquet or CSV); return the row count.
+
+    Columns: metadata then features, in manifest order; one row per stored row; float32
+    values are written unchanged (CSV uses the shortest text that round-trips float32).
+    """
+    suffix = export_format(shard_set, out)
+    columns = [*shard_set.manifest.metadata, *shard_set.manifest.features]
+    rows = 0
+
+    def write(path: str) -> None:
+        nonlocal rows
+        writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
+        sink = pa.CompressedOutputStream(path, "gzip") if suffix == ".csv.gz" else path
+        try:
+            for _, table in shard_set.iter_tables(columns=columns):
+                if writer is None:
+                    writer = (
+                        pq.ParquetWriter(sink, table.schema, compression="zstd")
+                        if suffix == ".parquet"
+                        else pacsv.CSVWriter(sink, table.schema)
+                    )
+                writer.write_table(table)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+            if isinstance(sink, pa.NativeFile):
+                sink.close()
+
+    _atomic(out, overwrite, write)
+    return rows
+
+
+def export_cells(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> int:
+    """Write a ``cells`` set as ``.h5ad``; return the number of cells.
+
+    ``X`` holds the first modality's stored values (raw counts after ingest); every other
+    modality goes to ``.obsm[<name>]`` (sparse CSR or dense),
+    its feature names to ``.uns["<name>_features"]``; ``<mod>_depth`` columns go to ``obs``.
+    Sparse matrices are appended chunk by chunk, so memory is one shard plus ``obs``.
+    """
+    export_format(shard_set, out)
+    manifest = shard_set.manifest
+    if not manifest.modalities:
+        msg = f"{shard_set.uri!r} has no modalities to export"
+        raise RaymmiError(msg)
+    first, *others = manifest.modalities
+    meta = [c for c in manifest.metadata if c != CELL_ID]
+    depth = [depth_column(m.name) for m in manifest.modalities]
+    obs_frames = [
+        t.to_pandas().set_index(CELL_ID)
+        for _, t in shard_set.iter_tables(columns=[CELL_ID, *meta, *depth])
+    ]
+    obs = pd.concat(obs_frames) if obs_frames else pd.DataFrame()
+    obs.index = obs.index.astype(str)
+    for column in obs.columns:
+        if obs[column].dtype == object:
+            obs[column] = obs[column].astype("category")
+    n = len(obs)
+
+    def write(path: str) -> None:
+        shell = ad.AnnData(
+            obs=obs,
+            var=pd.DataFrame(index=pd.Index(first.features)),
+            uns={f"{m.name}_features": np.asarray(m.features, dtype=object) for m in others},
+        )
+        shell.write_h5ad(path)
+        with h5py.File(path, "r+") as f:
+            for target, modality in (("X", first), *((f"obsm/{m.name}", m) for m in others)):
+                _write_modality(f, target, shard_set, modality, n)
+
+    _atomic(out, overwrite, write)
+    return n
+
+
+def _write_modality(f: h5py.File, target: str, shard_set: ShardSet, modality, n: int) -> None:
+    width = len(modality.features)
+    if target in f:
+        del f[target]
+    if modality.encoding == "dense":
+        ds = f.create_dataset(target, shape=(n, width), dtype=np.float32)
+        ds.attrs["encoding-type"] = "array"
+        ds.attrs["encoding-version"] = "0.2.0"
+        row = 0
+        for _, table in shard_set.iter_tables(columns=[modality.name]):
+            block = list_to_dense(table.column(modality.name))
+            ds[row : row + len(block)] = block
+            row += len(block)
+        return
+    columns = [indices_column(modality.name), values_column(modality.name)]
+    dataset = None
+    for _, table in shard_set.iter_tables(columns=columns):
+        block = lists_to_sparse(
+            table.column(columns[0]), table.column(columns[1]), n_features=width
+        )
+        if dataset is None:
+            ad.io.write_elem(f, target, block)
+            dataset = ad.io.sparse_dataset(f[target])
+        else:
+            dataset.append(block)
+    if dataset is None:
+        ad.io.write_elem(f, target, sp.csr_matrix((0, width), dtype=np.float32))

@@ -1,0 +1,435 @@
+"""Ingest wide plate-profile tables (CSV, CSV.gz, Parquet) into the ``plates`` layout.
+
+The functions here read and validate one source at a time and stream its rows, split by plate,
+into per-plate Parquet parts. They hold at most one record batch plus one open writer per plate
+in memory. The Ray layer runs one call per source in parallel and reduces the summaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from raymmi.io._shardset import PartWriter, resolve
+from raymmi.schema import (
+    FEATURE_TYPE,
+    NEGCON,
+    PLATE,
+    SITE,
+    WELL,
+    FileEntry,
+    RaymmiError,
+    is_metadata,
+    plate_dir,
+)
+
+NanPolicy = Literal["fail", "drop-rows", "keep"]
+NAN_POLICIES: tuple[str, ...] = ("fail", "drop-rows", "keep")
+STRING_KEYS = (PLATE, WELL, SITE)
+OBJECT_NUMBER = "Metadata_ObjectNumber"
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+
+
+def source_type(src: str) -> Literal["csv", "parquet", "cellprofiler"]:
+    """Classify a source by its name: a table file, or a folder of CellProfiler sites."""
+    fs, path = resolve(src)
+    info = fs.get_file_info(path)
+    if info.type == pa.fs.FileType.NotFound:
+        msg = f"input {src!r} does not exist"
+        raise RaymmiError(msg)
+    if info.type == pa.fs.FileType.Directory:
+        return "cellprofiler"
+    lower = path.lower()
+    if lower.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if lower.endswith((".parquet", ".pq")):
+        return "parquet"
+    msg = (
+        f"input {src!r} has an unknown file type; use {', '.join(TABLE_SUFFIXES)} files or a "
+        "folder of CellProfiler sites (Image.csv, Cells.csv, Cytoplasm.csv, Nuclei.csv)"
+    )
+    raise RaymmiError(msg)
+
+
+def _csv_reader(src: str, *, column_types: Mapping[str, pa.DataType] | None = None):
+    fs, path = resolve(src)
+    stream = fs.open_input_stream(path, compression="detect")
+    convert = pacsv.ConvertOptions(column_types=dict(column_types or {}), strings_can_be_null=True)
+    read = pacsv.ReadOptions(block_size=16 << 20)
+    return pacsv.open_csv(stream, read_options=read, convert_options=convert)
+
+
+def _corrupt(src: str, err: Exception) -> RaymmiError:
+    msg = (
+        f"input {src!r} cannot be read as a table ({type(err).__name__}: {err}); is it truncated?"
+    )
+    return RaymmiError(msg)
+
+
+def read_source_schema(src: str) -> pa.Schema:
+    """Column names and types of a table source, read from its footer or first CSV block."""
+    kind = source_type(src)
+    fs, path = resolve(src)
+    try:
+        if kind == "parquet":
+            return pq.read_schema(path, filesystem=fs)
+        with _csv_reader(src) as reader:
+            return reader.schema
+    except (pa.ArrowInvalid, OSError, EOFError) as err:
+        raise _corrupt(src, err) from err
+
+
+def plan_schema(schemas: Mapping[str, pa.Schema]) -> tuple[pa.Schema, tuple[str, ...]]:
+    """Unify the schemas of all sources into the target metadata schema and feature list.
+
+    Returns
+    -------
+    tuple
+        ``(metadata schema, feature names)``: plate/well/site as strings, the negcon flag as
+        bool, other metadata unified across sources; features in the first source's order.
+
+    Raises
+    ------
+    RaymmiError
+        No ``Metadata_Plate``; no features; a non-numeric feature; sources whose feature sets
+        differ.
+    """
+    first_src, first = next(iter(schemas.items()))
+    features = tuple(n for n in first.names if not is_metadata(n))
+    for src, schema in schemas.items():
+        if PLATE not in schema.names:
+            msg = (
+                f"input {src!r} has no {PLATE} column; every plate table needs one "
+                "(rename the plate id column to Metadata_Plate)"
+            )
+            raise RaymmiError(msg)
+        own = [n for n in schema.names if not is_metadata(n)]
+        if not own:
+            msg = (
+                f"input {src!r} has no feature columns (every column starts with Metadata_); "
+                "a profile table needs numeric features"
+            )
+            raise RaymmiError(msg)
+        bad = [
+            n
+            for n in own
+            if not (
+                pa.types.is_integer(schema.field(n).type)
+                or pa.types.is_floating(schema.field(n).type)
+                or pa.types.is_boolean(schema.field(n).type)
+                or pa.types.is_null(schema.field(n).type)
+            )
+        ]
+        if bad:
+            msg = (
+                f"input {src!r}: feature column(s) {bad[:5]} are not numeric "
+                f"(type {schema.field(bad[0]).type}); prefix metadata columns with Metadata_ "
+                "or fix the values"
+            )
+            raise RaymmiError(msg)
+        if set(own) != set(features):
+            only_here = sorted(set(own) - set(features))[:5]
+            only_first = sorted(set(features) - set(own))[:5]
+            msg = (
+                f"inputs {first_src!r} and {src!r} have different features (only in the "
+                f"second: {only_here}; only in the first: {only_first}); ingest them separately"
+            )
+            raise RaymmiError(msg)
+    meta_fields: dict[str, pa.DataType] = {}
+    for schema in schemas.values():
+        for field in schema:
+            if not is_metadata(field.name):
+                continue
+            dtype = field.type
+            if field.name in STRING_KEYS:
+                dtype = pa.string()
+            elif field.name == NEGCON:
+                dtype = pa.bool_()
+            elif pa.types.is_dictionary(dtype) or pa.types.is_large_string(dtype):
+                dtype = pa.string()
+            previous = meta_fields.get(field.name)
+            if previous is not None and previous != dtype:
+                dtype = _common_type(previous, dtype)
+            meta_fields[field.name] = dtype
+    meta_fields.setdefault(NEGCON, pa.bool_())
+    meta_fields = {k: (pa.string() if pa.types.is_null(v) else v) for k, v in meta_fields.items()}
+    return pa.schema(list(meta_fields.items())), features
+
+
+def _common_type(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    if pa.types.is_null(a):
+        return b
+    if pa.types.is_null(b):
+        return a
+    if (pa.types.is_integer(a) or pa.types.is_floating(a)) and (
+        pa.types.is_integer(b) or pa.types.is_floating(b)
+    ):
+        return pa.float64()
+    return pa.string()
+
+
+def iter_source_tables(
+    src: str, *, batch_rows: int = 65_536, features: Sequence[str] = ()
+) -> Iterator[pa.Table]:
+    """Stream a table source as Arrow tables of at most about ``batch_rows`` rows.
+
+    CSV features are parsed as float64 (then validated and cast to float32 by the caller), so
+    a non-numeric value fails with the column named.
+    """
+    kind = source_type(src)
+    fs, path = resolve(src)
+    try:
+        if kind == "parquet":
+            with fs.open_input_file(path) as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                    yield pa.Table.from_batches([batch])
+            return
+        types = {name: pa.float64() for name in features}
+        types.update({name: pa.string() for name in STRING_KEYS})
+        with _csv_reader(src, column_types=types) as reader:
+            for batch in reader:
+                yield pa.Table.from_batches([batch])
+    except (pa.ArrowInvalid, OSError, EOFError) as err:
+        raise _corrupt(src, err) from err
+
+
+@dataclasses.dataclass
+class SourceSummary:
+    """What one source contributed: files written and the facts the driver must check."""
+
+    source: str
+    files: list[FileEntry] = dataclasses.field(default_factory=list)
+    rows_per_plate: Counter[str] = dataclasses.field(default_factory=Counter)
+    negcon_per_plate: Counter[str] = dataclasses.field(default_factory=Counter)
+    nonfinite_per_column: Counter[str] = dataclasses.field(default_factory=Counter)
+    rows_dropped: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+def negcon_mask(frame: pd.DataFrame, query: str | None, *, source: str) -> np.ndarray:
+    """Boolean negative-control flags for ``frame``.
+
+    ``query`` is a pandas query (``"Metadata_broad_sample == 'DMSO'"``); without one the
+    existing ``Metadata_is_negcon`` column is used, or every row is False.
+    """
+    if query is None:
+        if NEGCON in frame.columns:
+            return frame[NEGCON].fillna(False).astype(bool).to_numpy()
+        return np.zeros(len(frame), dtype=bool)
+    try:
+        mask = frame.eval(query)
+    except Exception as err:  # pandas raises many types for a bad expression
+        msg = (
+            f"--negcon query {query!r} cannot be evaluated on {source!r} "
+            f"({type(err).__name__}: {err}); write a pandas query over the Metadata_ columns, "
+            "e.g. \"Metadata_broad_sample == 'DMSO'\""
+        )
+        raise RaymmiError(msg) from err
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (len(frame),):
+        msg = f"--negcon query {query!r} does not give one True/False per row; use a comparison"
+        raise RaymmiError(msg)
+    return mask
+
+
+def prepare_table(
+    table: pa.Table,
+    *,
+    metadata: pa.Schema,
+    features: Sequence[str],
+    negcon_query: str | None,
+    on_nan: NanPolicy,
+    summary: SourceSummary,
+) -> pa.Table:
+    """Validate one batch of a source and cast it to the target plate schema.
+
+    Counts non-finite feature values per column into ``summary`` and applies ``on_nan``;
+    returns a new table (metadata in ``metadata`` order, then float32 features) and never
+    mutates its input.
+    """
+    meta_cols = [n for n in metadata.names if n != NEGCON]
+    missing = [n for n in meta_cols if n not in table.column_names]
+    if missing:
+        table = _add_nulls(table, metadata, missing)
+    meta_names = [*meta_cols, *([NEGCON] if NEGCON in table.column_names else [])]
+    frame_meta = table.select(meta_names).to_pandas()
+    if frame_meta[PLATE].isna().any():
+        msg = (
+            f"{summary.source!r}: {int(frame_meta[PLATE].isna().sum())} rows have no "
+            f"{PLATE}; fill in the plate ids"
+        )
+        raise RaymmiError(msg)
+    negcon = negcon_mask(frame_meta, negcon_query, source=summary.source)
+    values = np.empty((table.num_rows, len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        values[:, j] = table.column(name).to_numpy(zero_copy_only=False)
+    finite = np.isfinite(values)
+    keep = np.ones(table.num_rows, dtype=bool)
+    if not finite.all():
+        bad_counts = (~finite).sum(axis=0)
+        for name, count in zip(features, bad_counts, strict=True):
+            if count:
+                summary.nonfinite_per_column[name] += int(count)
+        if on_nan == "drop-rows":
+            keep = finite.all(axis=1)
+            summary.rows_dropped += int((~keep).sum())
+        elif on_nan == "keep":
+            values = np.where(np.isinf(values), np.nan, values)
+    arrays = [pc.cast(table.column(n), metadata.field(n).type) for n in meta_cols]
+    arrays.append(pa.array(negcon))
+    arrays += [pa.array(values[:, j].astype(np.float32)) for j in range(len(features))]
+    names = [*meta_cols, NEGCON, *features]
+    out = pa.table(arrays, names=names)
+    if not keep.all():
+        out = out.filter(pa.array(keep))
+    return out
+
+
+def _add_nulls(table: pa.Table, metadata: pa.Schema, names: Sequence[str]) -> pa.Table:
+    for name in names:
+        dtype = metadata.field(name).type
+        table = table.append_column(pa.field(name, dtype), pa.nulls(table.num_rows, dtype))
+    return table
+
+
+class PlateSplitter:
+    """Route rows to one streaming Parquet part per plate (never two plates in one file)."""
+
+    def __init__(self, staging: str, schema: pa.Schema, *, part_name: str) -> None:
+        self._staging = staging
+        self._schema = schema
+        self._part_name = part_name
+        self._writers: dict[str, PartWriter] = {}
+
+    def write(self, table: pa.Table) -> None:
+        """Append the rows of ``table`` to their plates' parts."""
+        plates = table.column(PLATE)
+        for plate in pc.unique(plates).to_pylist():
+            rows = table.filter(pc.equal(plates, plate))
+            writer = self._writers.get(plate)
+            if writer is None:
+                relpath = posixpath.join(plate_dir(plate), self._part_name)
+                writer = PartWriter(self._staging, relpath, self._schema, plate=plate)
+                self._writers[plate] = writer
+            writer.write(rows)
+
+    def close(self) -> list[FileEntry]:
+        """Close every part; return their manifest entries."""
+        return [w.close() for w in self._writers.values()]
+
+
+def ingest_table_source(
+    src: str,
+    staging: str,
+    *,
+    part_name: str,
+    metadata: pa.Schema,
+    features: Sequence[str],
+    negcon_query: str | None,
+    on_nan: NanPolicy,
+    batch_rows: int = 65_536,
+) -> SourceSummary:
+    """Stream one table source into per-plate parts under ``staging``; summarize it."""
+    return ingest_tables(
+        iter_source_tables(src, batch_rows=batch_rows, features=features),
+        staging,
+        source=src,
+        part_name=part_name,
+        metadata=metadata,
+        features=features,
+        negcon_query=negcon_query,
+        on_nan=on_nan,
+    )
+
+
+def ingest_tables(
+    tables: Iterator[pa.Table] | Sequence[pa.Table],
+    staging: str,
+    *,
+    source: str,
+    part_name: str,
+    metadata: pa.Schema,
+    features: Sequence[str],
+    negcon_query: str | None,
+    on_nan: NanPolicy,
+) -> SourceSummary:
+    """Validate, cast and split a stream of tables into per-plate parts under ``staging``."""
+    summary = SourceSummary(source=source)
+    schema = pa.schema(
+        [f for f in metadata if f.name != NEGCON]
+        + [pa.field(NEGCON, pa.bool_())]
+        + [pa.field(n, FEATURE_TYPE) for n in features]
+    )
+    splitter = PlateSplitter(staging, schema, part_name=part_name)
+    try:
+        for table in tables:
+            out = prepare_table(
+                table,
+                metadata=metadata,
+                features=features,
+                negcon_query=negcon_query,
+                on_nan=on_nan,
+                summary=summary,
+            )
+            plates = out.column(PLATE).to_numpy(zero_copy_only=False)
+            flags = out.column(NEGCON).to_numpy(zero_copy_only=False)
+            summary.rows_per_plate.update(Counter(plates.tolist()))
+            summary.negcon_per_plate.update(Counter(plates[flags].tolist()))
+            splitter.write(out)
+    finally:
+        summary.files = splitter.close()
+    return summary
+
+
+def key_columns(names: Sequence[str]) -> list[str]:
+    """Columns that identify a row: plate, well, and site / object number when present."""
+    return [c for c in (PLATE, WELL, SITE, OBJECT_NUMBER) if c in names]
+
+
+def find_duplicate_keys(
+    staging: str, files: Sequence[FileEntry], *, keys: Sequence[str], limit: int = 5
+) -> tuple[int, list[tuple]]:
+    """Count duplicate key tuples among ``files`` (one plate) and return a few examples."""
+    fs, root = resolve(staging)
+    frames = [
+        pq.read_table(posixpath.join(root, f.path), columns=list(keys), filesystem=fs).to_pandas()
+        for f in files
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    dup = frame.duplicated(keep="first")
+    examples = [tuple(r) for r in frame[dup].drop_duplicates().head(limit).itertuples(index=False)]
+    return int(dup.sum()), examples
+
+
+def local_name(src: str) -> str:
+    """Short display name of a source (file name)."""
+    return Path(src.rstrip("/")).name
+
+
+def cellprofiler_site_keys(site: str | Path) -> tuple[str, str]:
+    """``(plate, well)`` of one CellProfiler site folder, read from its ``Image.csv``."""
+    image = Path(site) / "Image.csv"
+    try:
+        frame = pd.read_csv(image, usecols=[PLATE, WELL], dtype=str, nrows=1000)
+    except FileNotFoundError as err:
+        msg = f"{str(site)!r} has no Image.csv; a CellProfiler site folder needs one"
+        raise RaymmiError(msg) from err
+    except ValueError as err:
+        msg = f"{str(image)!r} lacks {PLATE}/{WELL} ({err}); export them from CellProfiler"
+        raise RaymmiError(msg) from err
+    pairs = frame.drop_duplicates()
+    if len(pairs) != 1:
+        msg = f"{str(image)!r} holds {len(pairs)} (plate, well) pairs; expected one per site"
+        raise RaymmiError(msg)
+    return str(pairs.iloc[0, 0]), str(pairs.iloc[0, 1])

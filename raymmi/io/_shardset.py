@@ -1,0 +1,353 @@
+"""Read and write shard sets: Parquet files plus ``_manifest.json``, committed last.
+
+Writers stage everything in a temporary sibling directory (``.<name>.tmp-<id>``) and rename it
+into place after the manifest is written, so a crash never leaves a half-written output that
+looks whole and a rerun is idempotent. On object stores (``s3://``, ``gs://``), where a directory
+rename is a copy, files are written in place and the manifest, written last, is the only commit
+marker: readers refuse a directory without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raymmi.schema import MANIFEST_NAME, FileEntry, Manifest, RaymmiError
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Split a local path or filesystem URI (``s3://``, ``gs://``, ``file://``) into fs + path."""
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, ValueError):
+        fs, path = pafs.LocalFileSystem(), posixpath.abspath(uri)
+    except OSError as err:
+        msg = f"cannot open filesystem for {uri!r}: {err}"
+        raise RaymmiError(msg) from err
+    return fs, path.rstrip("/") or "/"
+
+
+def exists(uri: str) -> bool:
+    """Whether anything (file or directory) exists at ``uri``."""
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def manifest_sha256(uri: str) -> str:
+    """SHA-256 of a shard set's manifest bytes: the identity of that committed version."""
+    fs, path = resolve(uri)
+    with fs.open_input_stream(posixpath.join(path, MANIFEST_NAME)) as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class _HashingWriter:
+    """A binary file-like object that hashes and counts what passes through it."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        self.sha256.update(view)
+        self.bytes += view.nbytes
+        self._sink.write(view)
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sink.close()
+            self.closed = True
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+
+class PartWriter:
+    """Stream Arrow tables of one schema into one Parquet file, hashing as it writes.
+
+    Use as a context manager; :attr:`entry` holds the :class:`FileEntry` after closing.
+    """
+
+    def __init__(
+        self, root: str, relpath: str, schema: pa.Schema, *, plate: str | None = None
+    ) -> None:
+        fs, base = resolve(root)
+        path = posixpath.join(base, relpath)
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        self._hasher = _HashingWriter(fs.open_output_stream(path))
+        self._writer = pq.ParquetWriter(self._hasher, schema, compression="zstd")
+        self._relpath = relpath
+        self._plate = plate
+        self.rows = 0
+        self.entry: FileEntry | None = None
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` (cast to the file's schema) as one or more row groups."""
+        self._writer.write_table(table.cast(self._writer.schema))
+        self.rows += table.num_rows
+
+    def close(self) -> FileEntry:
+        """Finish the file and return its manifest entry."""
+        if self.entry is None:
+            self._writer.close()
+            self._hasher.close()
+            self.entry = FileEntry(
+                path=self._relpath,
+                rows=self.rows,
+                bytes=self._hasher.bytes,
+                sha256=self._hasher.sha256.hexdigest(),
+                plate=self._plate,
+            )
+        return self.entry
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_part(root: str, relpath: str, table: pa.Table, *, plate: str | None = None) -> FileEntry:
+    """Write one table as one Parquet file under ``root`` and return its manifest entry."""
+    with PartWriter(root, relpath, table.schema, plate=plate) as part:
+        part.write(table)
+    return part.close()
+
+
+class ShardSetWriter:
+    """Stage a shard set next to its destination and commit it by manifest.
+
+    Parameters
+    ----------
+    uri
+        Destination directory (local path or filesystem URI).
+    overwrite
+        Replace an existing destination. Without it an existing destination is an error.
+
+    Examples
+    --------
+    >>> with ShardSetWriter("out/plates") as writer:          # doctest: +SKIP
+    ...     entry = write_part(writer.staging, "plate=P1/part-0.parquet", table, plate="P1")
+    ...     writer.commit(Manifest(kind="plates", files=(entry,), metadata=..., features=...))
+    """
+
+    def __init__(self, uri: str, *, overwrite: bool = False) -> None:
+        self.uri = uri
+        self.fs, self.path = resolve(uri)
+        self._local = isinstance(self.fs, pafs.LocalFileSystem)
+        info = self.fs.get_file_info(self.path)
+        if info.type != pafs.FileType.NotFound and not overwrite:
+            msg = (
+                f"output {uri!r} already exists; choose another --out or pass --overwrite "
+                "to replace it"
+            )
+            raise RaymmiError(msg)
+        if info.type == pafs.FileType.File:
+            msg = f"output {uri!r} is a file, not a directory; choose another --out"
+            raise RaymmiError(msg)
+        self._overwrite = info.type != pafs.FileType.NotFound
+        parent, name = posixpath.split(self.path)
+        if self._local:
+            self._staging_path = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+        else:
+            if self._overwrite:
+                self.fs.delete_dir(self.path)
+            self._staging_path = self.path
+        self.fs.create_dir(self._staging_path, recursive=True)
+        self.staging = self._uri_for(self._staging_path)
+        self.committed: Manifest | None = None
+
+    def _uri_for(self, path: str) -> str:
+        if self._local:
+            return path
+        scheme = self.uri.split("://", 1)[0]
+        return f"{scheme}://{path}"
+
+    def commit(self, manifest: Manifest) -> Manifest:
+        """Check every file exists, write the manifest last and move the set into place."""
+        infos = self.fs.get_file_info(
+            [posixpath.join(self._staging_path, f.path) for f in manifest.files]
+        )
+        missing = [f.path for f, i in zip(manifest.files, infos, strict=True) if not i.is_file]
+        if missing:
+            msg = f"internal error: files listed in the manifest were not written: {missing[:5]}"
+            raise RuntimeError(msg)
+        with self.fs.open_output_stream(posixpath.join(self._staging_path, MANIFEST_NAME)) as f:
+            f.write(manifest.to_json().encode())
+        if self._local:
+            if self._overwrite:
+                parent, name = posixpath.split(self.path)
+                old = posixpath.join(parent, f".{name}.old-{uuid.uuid4().hex[:12]}")
+                self.fs.move(self.path, old)
+                self.fs.move(self._staging_path, self.path)
+                self.fs.delete_dir(old)
+            else:
+                self.fs.move(self._staging_path, self.path)
+        self.committed = manifest
+        return manifest
+
+    def abort(self) -> None:
+        """Remove everything staged; the destination is left as it was."""
+        if self.committed is None and self._local:
+            if self.fs.get_file_info(self._staging_path).type != pafs.FileType.NotFound:
+                self.fs.delete_dir(self._staging_path)
+
+    def __enter__(self) -> ShardSetWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None or self.committed is None:
+            self.abort()
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSet:
+    """A committed shard set: its location and manifest.
+
+    Open one with :func:`open_shard_set`.
+    """
+
+    uri: str
+    manifest: Manifest
+
+    @property
+    def kind(self) -> str:
+        """``"plates"`` or ``"cells"``."""
+        return self.manifest.kind
+
+    def file_uris(self) -> list[str]:
+        """Full URIs (or absolute paths) of every data file, in manifest order."""
+        fs, root = resolve(self.uri)
+        paths = [posixpath.join(root, f.path) for f in self.manifest.files]
+        if isinstance(fs, pafs.LocalFileSystem):
+            return paths
+        scheme = self.uri.split("://", 1)[0]
+        return [f"{scheme}://{p}" for p in paths]
+
+    def iter_tables(
+        self, *, columns: Sequence[str] | None = None, batch_size: int | None = None
+    ) -> Iterator[tuple[FileEntry, pa.Table]]:
+        """Yield ``(file entry, table)`` per file, or per record batch if ``batch_size``."""
+        fs, root = resolve(self.uri)
+        for entry in self.manifest.files:
+            path = posixpath.join(root, entry.path)
+            if batch_size is None:
+                yield entry, pq.read_table(path, columns=columns, filesystem=fs)
+                continue
+            with fs.open_input_file(path) as f:
+                reader = pq.ParquetFile(f)
+                for batch in reader.iter_batches(batch_size=batch_size, columns=columns):
+                    yield entry, pa.Table.from_batches([batch])
+
+    def read_table(self, *, columns: Sequence[str] | None = None) -> pa.Table:
+        """Read the whole shard set into memory (small sets and tests only)."""
+        tables = [t for _, t in self.iter_tables(columns=columns)]
+        return pa.concat_tables(tables) if tables else pa.table({})
+
+    def parent_ref(self) -> dict[str, Any]:
+        """Lineage record of this set for a child's manifest."""
+        return {
+            "uri": self.uri,
+            "kind": self.kind,
+            "manifest_sha256": manifest_sha256(self.uri),
+            "mlflow_run_id": self.manifest.producer.get("mlflow_run_id"),
+        }
+
+    def verify(self) -> list[str]:
+        """Re-hash every file; return the problems found (empty when intact)."""
+        fs, root = resolve(self.uri)
+        problems = []
+        for entry in self.manifest.files:
+            path = posixpath.join(root, entry.path)
+            digest = hashlib.sha256()
+            try:
+                with fs.open_input_stream(path) as f:
+                    while chunk := f.read(1 << 22):
+                        digest.update(chunk)
+            except OSError as err:
+                problems.append(f"{entry.path}: cannot read ({err})")
+                continue
+            if digest.hexdigest() != entry.sha256:
+                problems.append(f"{entry.path}: checksum differs from the manifest")
+        return problems
+
+
+def open_shard_set(uri: str, *, kind: str | None = None) -> ShardSet:
+    """Open a committed shard set, refusing anything without a valid manifest.
+
+    Parameters
+    ----------
+    uri
+        Shard-set directory (local path or filesystem URI).
+    kind
+        If given, the kind the caller needs (``"plates"`` or ``"cells"``).
+
+    Raises
+    ------
+    RaymmiError
+        If ``uri`` does not exist, has no manifest, the manifest is invalid, a listed file is
+        missing, or the kind differs from ``kind``.
+    """
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        msg = f"input {uri!r} does not exist"
+        raise RaymmiError(msg)
+    if info.type != pafs.FileType.Directory:
+        msg = (
+            f"input {uri!r} is a file, not a shard set; ingest it first "
+            "(raymmi ingest plates|cells ... --out DIR)"
+        )
+        raise RaymmiError(msg)
+    manifest_path = posixpath.join(path, MANIFEST_NAME)
+    try:
+        with fs.open_input_stream(manifest_path) as f:
+            data = json.loads(f.read())
+    except FileNotFoundError as err:
+        msg = (
+            f"{uri!r} is not a shard set: it has no {MANIFEST_NAME} (not written by raymmi, or "
+            "its writer stopped before committing); rerun the stage that produces it"
+        )
+        raise RaymmiError(msg) from err
+    except (OSError, json.JSONDecodeError) as err:
+        msg = f"{uri!r}: {MANIFEST_NAME} cannot be read ({err}); rerun the stage that produced it"
+        raise RaymmiError(msg) from err
+    manifest = Manifest.from_dict(data, where=f"{uri}/{MANIFEST_NAME}")
+    if kind is not None and manifest.kind != kind:
+        msg = f"{uri!r} is a {manifest.kind!r} shard set; this stage needs {kind!r}"
+        raise RaymmiError(msg)
+    infos = fs.get_file_info([posixpath.join(path, f.path) for f in manifest.files])
+    missing = [f.path for f, i in zip(manifest.files, infos, strict=True) if not i.is_file]
+    if missing:
+        msg = (
+            f"{uri!r}: {len(missing)} file(s) listed in the manifest are missing "
+            f"(e.g. {missing[:3]}); the shard set is damaged, rerun the stage that produced it"
+        )
+        raise RaymmiError(msg)
+    return ShardSet(uri=uri, manifest=manifest)
+
+
+def parent_refs(sets: Iterable[ShardSet]) -> tuple[dict[str, Any], ...]:
+    """Lineage records for a child manifest's ``parents``."""
+    return tuple(s.parent_ref() for s in sets)

@@ -1,0 +1,18 @@
+"""The one layer that touches Ray: tasks and Ray Data pipelines composing the pure parts."""
+
+from raymmi.run._cells import generate_cells, ingest_cells
+from raymmi.run._datasets import read_dataset
+from raymmi.run._export import export
+from raymmi.run._plates import generate_plates, ingest_plates
+from raymmi.run._runtime import gather, init_ray
+
+__all__ = [
+    "export",
+    "gather",
+    "generate_cells",
+    "generate_plates",
+    "ingest_cells",
+    "ingest_plates",
+    "init_ray",
+    "read_dataset",
+]

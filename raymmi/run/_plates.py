@@ -1,0 +1,329 @@
+"""Ingest and generate ``plates`` shard sets with Ray tasks (one per source, plate or group)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+import raymmi
+from raymmi.config import IngestPlatesConfig, RayConfig, TrackingConfig, to_dict
+from raymmi.io import _cellprofiler as cp
+from raymmi.io import _plates as tables
+from raymmi.io._shardset import ShardSetWriter
+from raymmi.run._runtime import gather, init_ray
+from raymmi.schema import FileEntry, Manifest, RaymmiError
+from raymmi.track import Run, tracked_run
+
+
+def producer(command: str, config: dict[str, Any], run: Run) -> dict[str, Any]:
+    """The ``producer`` record of a manifest."""
+    return {
+        "command": command,
+        "argv": sys.argv,
+        "config": config,
+        "mlflow_run_id": run.run_id,
+        "raymmi_version": raymmi.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+@ray.remote(num_cpus=1)
+def _ingest_table(src: str, staging: str, index: int, **kwargs: Any) -> tables.SourceSummary:
+    return tables.ingest_table_source(
+        src, staging, part_name=f"part-{index:05d}.parquet", **kwargs
+    )
+
+
+@ray.remote(num_cpus=1)
+def _ingest_cellprofiler(
+    plate: str, wells: list[list[str]], staging: str, *, aggregate: str | None, **kwargs: Any
+) -> tables.SourceSummary:
+    def frames():
+        for sites in wells:
+            cells = [cp.read_cellprofiler_site(s) for s in sites]
+            frame = cells[0] if len(cells) == 1 else _concat(cells)
+            if aggregate is not None:
+                frame = cp.aggregate_to_wells(frame, how=aggregate)
+            yield pa.Table.from_pandas(frame, preserve_index=False)
+
+    return tables.ingest_tables(
+        frames(),
+        staging,
+        source=f"CellProfiler plate {plate}",
+        part_name="part-00000.parquet",
+        **kwargs,
+    )
+
+
+def _concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+@ray.remote(num_cpus=1)
+def _duplicates(staging: str, files: list[FileEntry], keys: list[str]) -> tuple[int, list]:
+    return tables.find_duplicate_keys(staging, files, keys=keys)
+
+
+def _check(summaries: Sequence[tables.SourceSummary], config: IngestPlatesConfig) -> list[str]:
+    problems = [e for s in summaries for e in s.errors]
+    nonfinite: Counter[str] = Counter()
+    for s in summaries:
+        nonfinite.update(s.nonfinite_per_column)
+    if nonfinite and config.on_nan == "fail":
+        worst = ", ".join(f"{k}: {v}" for k, v in nonfinite.most_common(10))
+        problems.append(
+            f"{sum(nonfinite.values())} NaN/inf feature values in {len(nonfinite)} column(s) "
+            f"({worst}); pass --on-nan drop-rows to drop those rows or --on-nan keep to store NaN"
+        )
+    if config.negcon is not None:
+        rows: Counter[str] = Counter()
+        negcon: Counter[str] = Counter()
+        for s in summaries:
+            rows.update(s.rows_per_plate)
+            negcon.update(s.negcon_per_plate)
+        empty = sorted(p for p in rows if negcon[p] == 0)
+        if empty:
+            problems.append(
+                f"--negcon {config.negcon!r} matches no row on {len(empty)} plate(s): "
+                f"{empty[:10]}; fix the query or drop those plates"
+            )
+    return problems
+
+
+def _plan(
+    config: IngestPlatesConfig,
+) -> tuple[list[str], dict[str, list[list[str]]], pa.Schema, tuple[str, ...]]:
+    """Split sources into tables and CellProfiler plates; unify their schemas on the driver."""
+    table_sources: list[str] = []
+    cp_wells: dict[str, list[list[str]]] = {}
+    schemas: dict[str, pa.Schema] = {}
+    for src in config.sources:
+        if tables.source_type(src) == "cellprofiler":
+            sites = cp.find_sites(src)
+            grouped: dict[tuple[str, str], list[str]] = defaultdict(list)
+            for site in sites:
+                plate, well = tables.cellprofiler_site_keys(site)
+                grouped[(plate, well)].append(str(site))
+            for (plate, _), group in sorted(grouped.items()):
+                cp_wells.setdefault(plate, []).append(group)
+            first = cp.read_cellprofiler_site(sites[0])
+            if config.aggregate:
+                first = cp.aggregate_to_wells(first, how=config.aggregate)
+            schemas[src] = pa.Table.from_pandas(first, preserve_index=False).schema
+        else:
+            if config.aggregate:
+                msg = "--aggregate applies to CellProfiler folders only, not to profile tables"
+                raise RaymmiError(msg)
+            table_sources.append(src)
+            schemas[src] = tables.read_source_schema(src)
+    metadata, features = tables.plan_schema(schemas)
+    return table_sources, cp_wells, metadata, features
+
+
+def ingest_plates(
+    config: IngestPlatesConfig,
+    *,
+    ray_config: RayConfig | None = None,
+    tracking: TrackingConfig | None = None,
+) -> Manifest:
+    """Ingest profile tables / CellProfiler output into a ``plates`` shard set.
+
+    One Ray task per table source (or per CellProfiler plate) streams its rows into per-plate
+    Parquet parts in a staging directory; the driver checks the summaries (non-finite values,
+    negcon coverage, duplicate keys per plate) and commits the manifest, or removes everything.
+    """
+    started = time.perf_counter()
+    table_sources, cp_plates, metadata, features = _plan(config)
+    init_ray(ray_config)
+    cfg = to_dict(config)
+    with (
+        ShardSetWriter(config.out, overwrite=config.overwrite) as writer,
+        tracked_run("ingest plates", config=cfg, tracking=tracking) as run,
+    ):
+        common = {
+            "metadata": metadata,
+            "features": features,
+            "negcon_query": config.negcon,
+            "on_nan": config.on_nan,
+        }
+        refs = [
+            _ingest_table.remote(src, writer.staging, i, batch_rows=config.batch_rows, **common)
+            for i, src in enumerate(table_sources)
+        ]
+        refs += [
+            _ingest_cellprofiler.remote(
+                p, wells, writer.staging, aggregate=config.aggregate, **common
+            )
+            for p, wells in cp_plates.items()
+        ]
+        summaries = gather(refs, desc="ingest plates", unit="source")
+        manifest = _commit_plates(
+            writer,
+            summaries,
+            metadata=metadata,
+            features=features,
+            problems=_check(summaries, config),
+            producer_record=producer("ingest plates", cfg, run),
+            extra={
+                "sources": list(config.sources),
+                "negcon_query": config.negcon,
+                "on_nan": config.on_nan,
+                "aggregate": config.aggregate,
+            },
+        )
+        _log_output(run, config.out, manifest, started)
+    return manifest
+
+
+def _commit_plates(
+    writer: ShardSetWriter,
+    summaries: Sequence[tables.SourceSummary],
+    *,
+    metadata: pa.Schema,
+    features: Sequence[str],
+    problems: list[str],
+    producer_record: dict[str, Any],
+    extra: dict[str, Any],
+    parents: tuple[dict[str, Any], ...] = (),
+) -> Manifest:
+    files = sorted((f for s in summaries for f in s.files), key=lambda f: (f.plate, f.path))
+    by_plate: dict[str, list[FileEntry]] = defaultdict(list)
+    for entry in files:
+        by_plate[entry.plate or ""].append(entry)
+    keys = tables.key_columns(metadata.names)
+    dup_refs = {p: _duplicates.remote(writer.staging, fs, keys) for p, fs in by_plate.items()}
+    for plate, (count, examples) in zip(
+        dup_refs, gather(list(dup_refs.values()), desc="check keys", unit="plate"), strict=True
+    ):
+        if count:
+            problems.append(
+                f"plate {plate!r}: {count} duplicate {keys} key(s), e.g. {examples[:3]}; "
+                "each (plate, well[, site]) must appear once: drop repeats or add Metadata_Site"
+            )
+    if problems:
+        raise RaymmiError(
+            "; ".join(problems) if len(problems) == 1 else "\n  " + "\n  ".join(problems)
+        )
+    if not files:
+        msg = "the inputs hold no rows; nothing to ingest"
+        raise RaymmiError(msg)
+    nonfinite: Counter[str] = Counter()
+    for s in summaries:
+        nonfinite.update(s.nonfinite_per_column)
+    manifest = Manifest(
+        kind="plates",
+        files=tuple(files),
+        metadata=tuple(metadata.names),
+        features=tuple(features),
+        producer=producer_record,
+        parents=parents,
+        extra={
+            **extra,
+            "rows_dropped": sum(s.rows_dropped for s in summaries),
+            "nonfinite_per_column": dict(nonfinite),
+        },
+    )
+    return writer.commit(manifest)
+
+
+def _log_output(run: Run, out: str, manifest: Manifest, started: float) -> None:
+    seconds = time.perf_counter() - started
+    run.log_shard_set(out, manifest.to_dict(), context="output")
+    run.log_metrics(
+        {
+            "rows": manifest.num_rows,
+            "plates": len(manifest.plates),
+            "features": len(manifest.features),
+            "files": len(manifest.files),
+            "rows_dropped": manifest.extra.get("rows_dropped", 0),
+            "seconds": seconds,
+            "rows_per_second": manifest.num_rows / max(seconds, 1e-9),
+        }
+    )
+
+
+@ray.remote(num_cpus=1)
+def _generate_plates(
+    make: Callable[[int], Any], indices: list[int], staging: str, **kwargs: Any
+) -> tables.SourceSummary:
+    frames = (pa.Table.from_pandas(make(i), preserve_index=False) for i in indices)
+    return tables.ingest_tables(
+        frames,
+        staging,
+        source=f"generated plates {indices[0]}..{indices[-1]}",
+        part_name="part-00000.parquet",
+        negcon_query=None,
+        on_nan="keep",
+        **kwargs,
+    )
+
+
+def generate_plates(
+    spec: Any,
+    *,
+    out: str,
+    overwrite: bool = False,
+    ray_config: RayConfig | None = None,
+    tracking: TrackingConfig | None = None,
+) -> Manifest:
+    """Generate a seeded ``plates`` shard set (:class:`raymmi.testing.PlateSetSpec`) with Ray.
+
+    Plates are generated independently in parallel tasks, a few plates per task; memory per
+    task is one plate.
+    """
+    from raymmi import testing
+
+    started = time.perf_counter()
+    init_ray(ray_config)
+    first = pa.Table.from_pandas(testing.generate_plate(spec, 0), preserve_index=False)
+    metadata, features = tables.plan_schema({"generated": first.schema})
+    cfg = {"kind": "plates", "out": out, "spec": to_dict(spec)}
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    per_task = max(1, min(16, spec.n_plates // (4 * cpus)))
+    groups = [
+        list(range(i, min(i + per_task, spec.n_plates))) for i in range(0, spec.n_plates, per_task)
+    ]
+    make = _PlateMaker(spec)
+    with (
+        ShardSetWriter(out, overwrite=overwrite) as writer,
+        tracked_run("generate plates", config=cfg, tracking=tracking) as run,
+    ):
+        refs = [
+            _generate_plates.remote(make, g, writer.staging, metadata=metadata, features=features)
+            for g in groups
+        ]
+        summaries = gather(refs, desc="generate plates", unit="group")
+        manifest = _commit_plates(
+            writer,
+            summaries,
+            metadata=metadata,
+            features=features,
+            problems=[],
+            producer_record=producer("generate plates", cfg, run),
+            extra={
+                "generator": "raymmi.testing.generate_plate",
+                "planted_zero_spread": [list(p) for p in testing.planted_zero_spread(spec)],
+            },
+        )
+        _log_output(run, out, manifest, started)
+    return manifest
+
+
+class _PlateMaker:
+    """Picklable ``plate_index -> DataFrame`` for one spec."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    def __call__(self, index: int) -> Any:
+        from raymmi import testing
+
+        return testing.generate_plate(self.spec, index)

@@ -1,0 +1,178 @@
+"""MLflow tracking: one run per command, with config, metrics, artifacts and lineage.
+
+The default tracking URI is a SQLite file in the working directory (``./mlflow.db``) with
+artifacts in ``./mlartifacts``: nothing to start. ``MLFLOW_TRACKING_URI`` points at a server.
+Only the driver process talks to MLflow (Train workers report through rank 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raymmi.config import TrackingConfig, flatten
+
+_PARAM_LIMIT = 6000  # MLflow's maximum length of a param value
+
+
+def tracking_uri(config: TrackingConfig | None = None) -> str:
+    """The tracking URI in force: config, then ``MLFLOW_TRACKING_URI``, then ``./mlflow.db``."""
+    if config is not None and config.uri:
+        return config.uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Absolute artifact folder beside a local SQLite store, so runs work from any cwd."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+class Run:
+    """A live MLflow run (or a no-op stand-in when tracking is disabled)."""
+
+    def __init__(self, run_id: str | None, mlflow_module: Any | None) -> None:
+        self.run_id = run_id
+        self._mlflow = mlflow_module
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls reach MLflow."""
+        return self._mlflow is not None
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int | None = None) -> None:
+        """Log numeric metrics (non-numbers are skipped)."""
+        if self._mlflow is None:
+            return
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        self._mlflow.log_metrics(clean, step=step)
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        """Store a dictionary as a JSON/YAML artifact called ``name``."""
+        if self._mlflow is not None:
+            self._mlflow.log_dict(dict(data), name)
+
+    def log_table(self, frame: pd.DataFrame, name: str) -> None:
+        """Store a table as a CSV artifact ``name`` (viewable in the MLflow UI)."""
+        if self._mlflow is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(path, index=False)
+            self._mlflow.log_artifact(str(path), str(Path(name).parent) or None)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """Store a matplotlib figure as an image artifact."""
+        if self._mlflow is not None:
+            self._mlflow.log_figure(figure, name)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        """Store a local file as an artifact."""
+        if self._mlflow is not None:
+            self._mlflow.log_artifact(str(path), folder)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set run tags (values stringified)."""
+        if self._mlflow is not None:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_shard_set(self, uri: str, manifest: Mapping[str, Any], *, context: str) -> None:
+        """Record a shard set as lineage: an MLflow dataset input (``input``/``output``).
+
+        The manifest is stored as an artifact under ``lineage/<context>/``; the dataset digest
+        is the manifest's content hash, so the UI links runs that share a shard-set version.
+        """
+        if self._mlflow is None:
+            return
+        import hashlib
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        text = json.dumps(manifest, sort_keys=True, default=str)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        name = Path(uri.rstrip("/")).name or uri
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(uri)
+        self._mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)
+        summary = {k: v for k, v in manifest.items() if k not in ("features", "modalities")}
+        self.log_dict({"uri": uri, **summary}, f"lineage/{context}/{name}.json")
+
+
+@contextlib.contextmanager
+def tracked_run(
+    command: str,
+    *,
+    config: Mapping[str, Any],
+    tracking: TrackingConfig | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[Run]:
+    """Open one MLflow run for ``command``, logging its full config as params.
+
+    Parameters
+    ----------
+    command
+        Stage name, e.g. ``"ingest plates"``; stored as the ``raymmi.command`` tag.
+    config
+        The stage's configuration as a (nested) dictionary.
+    tracking
+        Tracking settings; ``enabled=False`` yields a no-op :class:`Run`.
+
+    Yields
+    ------
+    Run
+        The live run; its ``run_id`` belongs in output manifests.
+    """
+    tracking = tracking or TrackingConfig()
+    if not tracking.enabled:
+        yield Run(None, None)
+        return
+    import mlflow
+
+    uri = tracking_uri(tracking)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        experiment_id = mlflow.create_experiment(
+            tracking.experiment, artifact_location=_artifact_root(uri)
+        )
+    else:
+        experiment_id = experiment.experiment_id
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name or command.replace(" ", "-"),
+        nested=nested,
+    ) as active:
+        run = Run(active.info.run_id, mlflow)
+        params = {k: _param(v) for k, v in flatten(dict(config)).items()}
+        for chunk in _chunks(list(params.items()), 100):
+            mlflow.log_params(dict(chunk))
+        run.log_dict(dict(config), "config.yaml")
+        run.set_tags({"raymmi.command": command, **(tags or {})})
+        yield run
+
+
+def _param(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= _PARAM_LIMIT else text[: _PARAM_LIMIT - 3] + "..."
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
