@@ -105,6 +105,7 @@ def plan_schema(schemas: Mapping[str, pa.Schema]) -> tuple[pa.Schema, tuple[str,
         No ``Metadata_Plate``; no features; a non-numeric feature; sources whose feature sets
         differ.
     """
+    schemas = {src: _drop_pandas_index(s) for src, s in schemas.items()}
     first_src, first = next(iter(schemas.items()))
     features = tuple(n for n in first.names if not is_metadata(n))
     for src, schema in schemas.items():
@@ -165,6 +166,13 @@ def plan_schema(schemas: Mapping[str, pa.Schema]) -> tuple[pa.Schema, tuple[str,
     meta_fields.setdefault(NEGCON, pa.bool_())
     meta_fields = {k: (pa.string() if pa.types.is_null(v) else v) for k, v in meta_fields.items()}
     return pa.schema(list(meta_fields.items())), features
+
+
+def _drop_pandas_index(schema: pa.Schema) -> pa.Schema:
+    """Drop the ``__index_level_N__`` columns pandas adds to Parquet files: not data."""
+    for name in [n for n in schema.names if n.startswith("__index_level_")]:
+        schema = schema.remove(schema.get_field_index(name))
+    return schema
 
 
 def _common_type(a: pa.DataType, b: pa.DataType) -> pa.DataType:
