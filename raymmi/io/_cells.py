@@ -65,9 +65,6 @@ class H5Modality:
 def _group_of(f: h5py.File, path: str, name: str) -> str:
     if path.lower().endswith(".h5ad"):
         return "/"
-    if not path.lower().endswith(".h5mu"):
-        msg = f"{path!r} has an unknown file type; use .h5ad or .h5mu"
-        raise RaymmiError(msg)
     mods = list(f.get("mod", {}).keys())
     for alias in MUDATA_ALIASES.get(name, (name,)):
         if alias in mods:
@@ -85,6 +82,9 @@ def open_modality(path: str | Path, *, name: str) -> H5Modality:
         Unknown file type, unreadable file, or no such modality.
     """
     path = str(path)
+    if not path.lower().endswith((".h5ad", ".h5mu")):
+        msg = f"{path!r} has an unknown file type; use .h5ad or .h5mu"
+        raise RaymmiError(msg)
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError as err:
