@@ -80,8 +80,17 @@ def test_several_sources_one_plate_each_file(tmp_path):
     a.to_parquet(tmp_path / "a.parquet")
     b.to_csv(tmp_path / "b.csv", index=False)
     out = tmp_path / "out"
-    assert _run("ingest", "plates", str(tmp_path / "a.parquet"), str(tmp_path / "b.csv"),
-                "--out", str(out)) == 0
+    assert (
+        _run(
+            "ingest",
+            "plates",
+            str(tmp_path / "a.parquet"),
+            str(tmp_path / "b.csv"),
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     m = open_shard_set(str(out)).manifest
     assert m.num_rows == len(a) + len(b)
     assert sum(f.plate == plates[4] for f in m.files) == 2
@@ -112,7 +121,11 @@ BAD_INPUTS = {
     "no plate": (lambda f: f.drop(columns="Metadata_Plate"), [], "no Metadata_Plate column"),
     "no features": (lambda f: f.drop(columns=["f1", "f2"]), [], "no feature columns"),
     "text feature": (lambda f: f.assign(f2=["a", "b", "c", "d"]), [], r"\['f2'\] are not numeric"),
-    "nan": (lambda f: f.assign(f1=[np.nan, 1, np.inf, 2]), [], "2 NaN/inf feature values.*f1: 2.*--on-nan"),
+    "nan": (
+        lambda f: f.assign(f1=[np.nan, 1, np.inf, 2]),
+        [],
+        "2 NaN/inf feature values.*f1: 2.*--on-nan",
+    ),
     "duplicates": (lambda f: f.assign(Metadata_Well="A01"), [], "duplicate.*'P1', 'A01'"),
     "bad query": (lambda f: f, ["--negcon", "Metadata_Compound =="], "cannot be evaluated"),
     "query misses plate": (
@@ -140,7 +153,9 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, case):
 
 def test_nan_policy_flags(tmp_path):
     src = _table(tmp_path, _good().assign(f1=[np.nan, 1, 2, 3]))
-    assert _run("ingest", "plates", src, "--out", str(tmp_path / "d"), "--on-nan", "drop-rows") == 0
+    assert (
+        _run("ingest", "plates", src, "--out", str(tmp_path / "d"), "--on-nan", "drop-rows") == 0
+    )
     m = open_shard_set(str(tmp_path / "d")).manifest
     assert m.num_rows == 3 and m.extra["rows_dropped"] == 1
     assert _run("ingest", "plates", src, "--out", str(tmp_path / "k"), "--on-nan", "keep") == 0
@@ -179,3 +194,26 @@ def test_export_refuses_non_shard_set(tmp_path, capsys):
     assert _run("export", str(tmp_path / "raw"), "--out", str(tmp_path / "x.csv")) == 2
     assert "has no _manifest.json" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("aggregate", [None, "median"])
+def test_cellprofiler_folder_through_ray(tmp_path, aggregate):
+    from raymmi.io import _cellprofiler as cp
+
+    root = shared_file("cellpainting/cellprofiler_BR00121431")
+    out = tmp_path / "cp"
+    extra = ["--aggregate", aggregate] if aggregate else []
+    assert _run("ingest", "plates", str(root), "--out", str(out), *extra) == 0
+    shard_set = open_shard_set(str(out))
+    got = shard_set.read_table().to_pandas()
+    direct = pd.concat([cp.read_cellprofiler_site(s) for s in cp.find_sites(root)])
+    if aggregate:
+        direct = cp.aggregate_to_wells(direct, how=aggregate)
+    assert len(got) == len(direct) == (2 if aggregate else 125)
+    features = list(shard_set.manifest.features)
+    assert len(features) == 5625
+    got = got.sort_values(KEYS, kind="stable").reset_index(drop=True)
+    direct = direct.sort_values(KEYS, kind="stable").reset_index(drop=True)
+    np.testing.assert_array_equal(
+        got[features].to_numpy(np.float32), direct[features].to_numpy(np.float32)
+    )

@@ -88,7 +88,13 @@ def test_cell_batch_to_arrow_layout():
     adt = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
     table = cell_batch_to_arrow(CellBatch(obs, {"rna": rna, "adt": adt}))
     assert table.column_names == [
-        "cell_id", "batch", "cell_type", "rna_indices", "rna_values", "rna_depth", "adt",
+        "cell_id",
+        "batch",
+        "cell_type",
+        "rna_indices",
+        "rna_values",
+        "rna_depth",
+        "adt",
         "adt_depth",
     ]
     assert table.column("rna_depth").to_pylist() == [3.0, 3.0]

@@ -6,7 +6,7 @@ image-quality measurements ...) and one CSV per object compartment (``Cells.csv`
 ``Cytoplasm.csv``, ``Nuclei.csv``) with one row per object, keyed by ``ImageNumber`` +
 ``ObjectNumber`` and linked to other compartments by ``Parent_<Compartment>`` columns. Column
 names carry no compartment prefix; this module adds it (``Cells_AreaShape_Area``), as
-pycytominer does.
+pycytominer does (names that already carry it, as database exports do, are accepted).
 
 Linking follows pycytominer's ``SingleCells.merge_single_cells`` defaults: the *hub* is the
 requested compartment that has a ``Parent_<X>`` column for every other requested compartment

@@ -62,7 +62,11 @@ def _prepare(frame, *, query=None, on_nan="fail"):
     metadata, features = P.plan_schema({"src": table.schema})
     summary = P.SourceSummary("src")
     out = P.prepare_table(
-        table, metadata=metadata, features=features, negcon_query=query, on_nan=on_nan,
+        table,
+        metadata=metadata,
+        features=features,
+        negcon_query=query,
+        on_nan=on_nan,
         summary=summary,
     )
     return out, summary
@@ -108,17 +112,21 @@ def test_splitter_never_mixes_plates_and_finds_duplicates(tmp_path):
     table = pa.Table.from_pandas(frame, preserve_index=False)
     metadata, features = P.plan_schema({"src": table.schema})
     summary = P.ingest_tables(
-        [table], str(tmp_path), source="src", part_name="part-0.parquet", metadata=metadata,
-        features=features, negcon_query=None, on_nan="fail",
+        [table],
+        str(tmp_path),
+        source="src",
+        part_name="part-0.parquet",
+        metadata=metadata,
+        features=features,
+        negcon_query=None,
+        on_nan="fail",
     )
     assert sorted(f.plate for f in summary.files) == ["P1", "P2"]
     for entry in summary.files:
         plates = pq.read_table(tmp_path / entry.path).column("Metadata_Plate").to_pylist()
         assert set(plates) == {entry.plate}
     p1 = [f for f in summary.files if f.plate == "P1"]
-    count, examples = P.find_duplicate_keys(
-        str(tmp_path), p1, keys=P.key_columns(metadata.names)
-    )
+    count, examples = P.find_duplicate_keys(str(tmp_path), p1, keys=P.key_columns(metadata.names))
     assert count == 1 and examples == [("P1", "A00")]
 
 

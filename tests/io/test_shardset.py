@@ -72,7 +72,10 @@ def test_reader_refuses_directory_without_manifest(tmp_path):
     ("damage", "message"),
     [
         (lambda out: (out / MANIFEST_NAME).write_text("{not json"), "cannot be read"),
-        (lambda out: (out / MANIFEST_NAME).write_text(json.dumps({"kind": "plates"})), "not a valid"),
+        (
+            lambda out: (out / MANIFEST_NAME).write_text(json.dumps({"kind": "plates"})),
+            "not a valid",
+        ),
         (lambda out: (out / "plate=P1" / "part-0.parquet").unlink(), "are missing"),
     ],
 )
@@ -100,7 +103,9 @@ def test_verify_detects_changed_bytes(tmp_path):
     data = bytearray(part.read_bytes())
     data[10] ^= 0xFF
     part.write_bytes(bytes(data))
-    assert open_shard_set(str(out)).verify() == ["plate=P1/part-0.parquet: checksum differs from the manifest"]
+    assert open_shard_set(str(out)).verify() == [
+        "plate=P1/part-0.parquet: checksum differs from the manifest"
+    ]
 
 
 def test_checksum_is_the_file_sha256(tmp_path):

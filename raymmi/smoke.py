@@ -1,0 +1,56 @@
+"""Tiny end-to-end inputs for every job's ``--smoke-test``: same code path, tiny data."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from raymmi import testing
+
+SMOKE_PLATES = {"n_plates": 2, "n_features": 12, "n_batches": 2, "wells_per_plate": 96}
+
+
+def smoke_dir(out: str | None) -> Path:
+    """The folder for a smoke run's outputs (a fresh temporary folder by default)."""
+    path = Path(out) if out else Path(tempfile.mkdtemp(prefix="raymmi-smoke-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def smoke_argv(stage: str, out: str | None) -> list[str]:
+    """``raymmi`` arguments that run ``stage`` end to end on tiny data under ``out``.
+
+    ``ingest`` and ``export`` first write their tiny input (a generated plate table, a
+    generated shard set) into the same folder.
+    """
+    root = smoke_dir(out)
+    spec = testing.PlateSetSpec(**SMOKE_PLATES)
+    if stage == "generate":
+        return [
+            "generate",
+            "plates",
+            "--out",
+            str(root / "plates"),
+            "--overwrite",
+            "--plates",
+            "2",
+            "--features",
+            "12",
+            "--wells",
+            "96",
+        ]
+    if stage == "ingest":
+        table = root / "plates.csv"
+        frames = [testing.generate_plate(spec, i) for i in range(spec.n_plates)]
+        import pandas as pd
+
+        pd.concat(frames).to_csv(table, index=False)
+        return ["ingest", "plates", str(table), "--out", str(root / "ingested"), "--overwrite"]
+    if stage == "export":
+        from raymmi import run
+
+        source = root / "plates"
+        run.generate_plates(spec, out=str(source), overwrite=True)
+        return ["export", str(source), "--out", str(root / "plates.parquet"), "--overwrite"]
+    msg = f"no smoke test for stage {stage!r}"
+    raise ValueError(msg)

@@ -1,0 +1,70 @@
+"""Every command is one MLflow run with config, metrics and shard-set lineage."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+
+from raymmi.cli import main
+from raymmi.config import TrackingConfig
+from raymmi.io import open_shard_set
+from raymmi.track import tracked_run, tracking_uri
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def test_default_uri_is_sqlite_in_cwd(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking_uri(TrackingConfig(uri="http://127.0.0.1:5000")) == "http://127.0.0.1:5000"
+
+
+def test_disabled_tracking_is_a_no_op():
+    with tracked_run("x", config={"a": 1}, tracking=TrackingConfig(enabled=False)) as run:
+        run.log_metrics({"m": 1.0})
+        assert run.run_id is None
+
+
+def test_ingest_then_export_are_linked_runs(tmp_path):
+    frame = pd.DataFrame(
+        {"Metadata_Plate": ["P1", "P2"], "Metadata_Well": ["A01", "A01"], "f": [1.0, 2.0]}
+    )
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "set"
+    experiment = "track-test"
+    common = ["--experiment", experiment, "--num-cpus", "2"]
+    assert main(["ingest", "plates", str(tmp_path / "t.csv"), "--out", str(out), *common]) == 0
+    assert main(["export", str(out), "--out", str(tmp_path / "t.parquet"), *common]) == 0
+
+    manifest = open_shard_set(str(out)).manifest
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    runs = {
+        r.data.tags["raymmi.command"]: r
+        for r in client.search_runs([exp.experiment_id], order_by=["start_time ASC"])
+    }
+    ingest, export = runs["ingest plates"], runs["export"]
+    assert ingest.info.run_id == manifest.producer["mlflow_run_id"]
+    assert ingest.info.status == "FINISHED"
+    assert ingest.data.params["out"] == str(out)
+    assert ingest.data.params["on_nan"] == "fail"
+    assert ingest.data.metrics["rows"] == 2 and ingest.data.metrics["plates"] == 2
+    out_inputs = [d for d in ingest.inputs.dataset_inputs if d.tags[0].value == "output"]
+    in_inputs = [d for d in export.inputs.dataset_inputs if d.tags[0].value == "input"]
+    assert out_inputs and in_inputs
+    assert out_inputs[0].dataset.digest == in_inputs[0].dataset.digest  # same shard-set version
+    artifacts = {a.path for a in client.list_artifacts(ingest.info.run_id)}
+    assert {"config.yaml", "lineage"} <= artifacts
+
+
+def test_failed_command_leaves_a_failed_run(tmp_path):
+    pd.DataFrame({"Metadata_Plate": ["P1"], "f": [float("nan")]}).to_csv(tmp_path / "t.csv")
+    experiment = "track-fail"
+    argv = ["ingest", "plates", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--experiment", experiment, "--num-cpus", "2"]) == 2
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
