@@ -138,6 +138,12 @@ In the client's shell:
 EOF
 }
 
+secs() {
+    # Seconds between two `date +%s%N` stamps, with one decimal.
+    local ds=$((($2 - $1) / 100000000))
+    echo "$((ds / 10)).$((ds % 10))"
+}
+
 start() {
     if head_running; then
         echo "local.sh: already running"
@@ -160,7 +166,7 @@ start() {
             || { cat "${TEMP_DIR}/get-auth-token.log" >&2; return 1; }
     fi
 
-    local t0 t1 ms
+    local t0 th t1
     t0=$(date +%s%N)
     # --node-ip-address 127.0.0.1: states the intent; Ray 2.60 on Linux rewrites it (see header).
     ray start --head \
@@ -177,6 +183,7 @@ start() {
         --disable-usage-stats \
         >"${TEMP_DIR}/start-head.log" 2>&1 \
         || { cat "${TEMP_DIR}/start-head.log" >&2; stop_cluster quiet; return 1; }
+    th=$(date +%s%N)
     for ((i = 1; i <= WORKERS; i++)); do
         local gpus=0
         ((i == 1)) && gpus="$GPUS"
@@ -192,9 +199,8 @@ start() {
             || { cat "${TEMP_DIR}/start-worker-${i}.log" >&2; stop_cluster quiet; return 1; }
     done
     t1=$(date +%s%N)
-    ms=$(((t1 - t0) / 1000000))
     printf 'PORT=%s\nDASHBOARD_PORT=%s\nWORKERS=%s\n' "$PORT" "$DASHBOARD_PORT" "$WORKERS" >"$STATE_FILE"
-    printf 'local.sh: started in %d.%03d s\n' $((ms / 1000)) $((ms % 1000))
+    echo "local.sh: started in $(secs "$t0" "$t1") s (head $(secs "$t0" "$th") s, ${WORKERS} worker(s) $(secs "$th" "$t1") s)"
     print_addresses "$WORKERS"
 }
 
