@@ -32,8 +32,8 @@ were measured once, by hand, on the files in ``../shared/data``:
   eigenvalues of the feature correlation matrix over all 384 wells, each divided by 454 (the
   generator's low-rank-plus-noise factor model uses the top 20 as factor variances); per treated
   well, the root-mean-square over features of its profile z-scored against the 24 DMSO wells; a
-  compound counts as active when its top-dose well exceeds the 95th percentile of the DMSO
-  wells' own values, and its effect size is ``sqrt(rms**2 - 1)``.
+  well counts as active when that exceeds the 95th percentile of the DMSO wells' own values,
+  and its effect size is ``sqrt(rms**2 - 1)``.
 - ``cellpainting/cellprofiler_BR00121431/*/{Cells,Cytoplasm,Nuclei}.csv`` (raw single cells):
   log10 of the absolute per-feature median, mean and sd per measurement category, giving the
   raw magnitudes of features.
@@ -46,7 +46,9 @@ were measured once, by hand, on the files in ``../shared/data``:
 - ATAC has no real file here: figures from the 10x Genomics Multiome PBMC literature
   (5-15k fragments per cell, 2-8% of peaks accessible per cell), as noted at each constant.
 
-Figures marked *assumed* are modelling choices no file here can measure.
+Figures marked *calibrated* are model parameters tuned (by generating and re-measuring) until
+the generator reproduces the file statistics named in their comment; figures marked *assumed*
+are modelling choices that no file here can measure.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from raymmi import schema
 __all__ = [
     "CELL_CYCLE_G2M_GENES",
     "CELL_CYCLE_S_GENES",
+    "COMPOUND",
     "SHARED_DATA_ENV",
     "CellSetSpec",
     "PlateSetSpec",
@@ -185,14 +188,20 @@ EIGENVALUE_FRACTIONS = (
     0.2519, 0.1598, 0.0988, 0.0926, 0.0763, 0.0498, 0.0372, 0.0306, 0.0251, 0.0193,
     0.0149, 0.0094, 0.0081, 0.0080, 0.0066, 0.0060, 0.0055, 0.0051, 0.0047, 0.0046,
 )  # fmt: skip
-# lincs_SQ00015054_normalized_feature_select.csv.gz: fraction of compounds whose top-dose well
-# has a DMSO-z-scored RMS above the 95th percentile of the DMSO wells' (31 of 58).
-ACTIVE_FRACTION = 0.53
-# lincs_SQ00015054_normalized_feature_select.csv.gz: effect size of those active compounds,
-# sqrt(rms**2 - 1) in DMSO-sd units: mean and sd of its natural log (median 2.6; 10th-90th
-# percentile 0.9-8.4).
-EFFECT_LOG_MEAN = 0.97
-EFFECT_LOG_SD = 0.85
+# lincs_SQ00015054_normalized_feature_select.csv.gz: fraction of the 360 treated wells (all
+# doses) whose DMSO-z-scored RMS over features exceeds the 95th percentile of the DMSO wells'
+# own (1.29): 131 wells, 0.36. (Per compound, at its top dose: 31 of 58, 0.53.) A plate here
+# holds one dose per compound, so the well-level figure is the fraction of active compounds.
+ACTIVE_FRACTION = 0.36
+# lincs_SQ00015054_normalized_feature_select.csv.gz: effect size of those 131 wells,
+# sqrt(rms**2 - 1) in DMSO-sd units: mean and sd of its natural log (median 3.0).
+EFFECT_LOG_MEAN = 1.05
+EFFECT_LOG_SD = 0.83
+# *calibrated*: features respond unequally to compounds (responsiveness exp(N(0, sd)) per
+# feature). With it the generator reproduces, on 454 features, LINCS's median over features of
+# DMSO sd / all-well sd (0.44) and the 10/25/50/75/90th percentiles of treated wells' RMS
+# (LINCS 0.75, 0.88, 1.06, 1.82, 6.26; generated about 0.80, 0.92, 1.11, 2.2, 5.0).
+FEATURE_RESPONSE_LOG_SD = 0.5
 # *assumed*: sd of the extra noise of one image (site) around its well, in noise units.
 SITE_NOISE_SD = 1.0
 # cellprofiler_BR00121431/*/{Cells,Cytoplasm,Nuclei}.csv: log10 of the absolute median of each
@@ -207,6 +216,7 @@ FEATURE_LOG10_MAGNITUDE = {
     "Texture": (-0.02, 1.10),
 }
 
+COMPOUND = "Metadata_Compound"  # compound id column of generated plates; "DMSO" in negcon wells
 _CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 _COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 _PLATE_SHAPES = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
@@ -243,7 +253,7 @@ class PlateSetSpec:
         DMSO wells per plate (``Metadata_Compound == "DMSO"``, ``Metadata_is_negcon``); 0 or
         at least 2.
     active_fraction
-        Fraction of compounds with a real effect (LINCS: 0.53).
+        Fraction of compounds with a real effect (LINCS: 0.36 of treated wells).
     compound_effect_scale
         Multiplier of the fitted compound effect sizes.
     zero_spread_features, zero_spread_plates
@@ -424,7 +434,7 @@ def feature_names(spec: PlateSetSpec) -> list[str]:
     A fixed selection (independent of the seed) of realistic CellProfiler names over the Cells,
     Cytoplasm and Nuclei compartments, in pycytominer's grouped order, e.g.
     ``Cells_AreaShape_Zernike_5_1``, ``Nuclei_Texture_Contrast_DNA_3_00_256``. Beyond the
-    3,436 names in the pool, further names are ``<Compartment>_Texture_Extra_<i>``.
+    3,433 names in the pool, further names are ``<Compartment>_Texture_Extra_<i>``.
 
     Returns
     -------
@@ -468,7 +478,6 @@ class _PlateGlobals:
     batch_log_scale: np.ndarray  # (n_batches, n_features)
     effects: np.ndarray  # (n_compounds, n_features) float32, noise units; 0 rows if inactive
     active: np.ndarray  # (n_compounds,) bool
-    negcon_wells: np.ndarray  # (negcon_wells_per_plate,) well positions
     slot_wells: np.ndarray  # (n_slots, replicates) well positions
     zero_plates: tuple[int, ...]
     zero_features: np.ndarray  # feature indices constant over all wells
@@ -520,6 +529,7 @@ def _plate_globals(spec: PlateSetSpec) -> _PlateGlobals:
     active = np.zeros(spec.n_compounds, dtype=bool)
     active[rng.permutation(spec.n_compounds)[:n_active]] = True
     directions = _correlated(rng, spec.n_compounds, loadings, unique_sd)
+    directions *= np.exp(rng.normal(0.0, FEATURE_RESPONSE_LOG_SD, p)).astype(np.float32)
     directions /= np.sqrt((directions**2).mean(axis=1, keepdims=True))
     size = np.exp(rng.normal(EFFECT_LOG_MEAN, EFFECT_LOG_SD, spec.n_compounds))
     size *= spec.compound_effect_scale * active
@@ -532,9 +542,7 @@ def _plate_globals(spec: PlateSetSpec) -> _PlateGlobals:
     batch_log_scale = rng.normal(0.0, BATCH_LOG_SCALE_SD * scale, (spec.n_batches, p))
 
     wells = np.random.default_rng(s_layout).permutation(spec.wells_per_plate)
-    neg = spec.negcon_wells_per_plate
-    negcon_wells = np.sort(wells[:neg])
-    slot_wells = wells[neg:].reshape(-1, spec.replicates)
+    slot_wells = wells[spec.negcon_wells_per_plate :].reshape(-1, spec.replicates)
 
     rng = np.random.default_rng(s_zero)
     plates = rng.permutation(spec.n_plates)[: spec.zero_spread_plates]
@@ -549,7 +557,6 @@ def _plate_globals(spec: PlateSetSpec) -> _PlateGlobals:
         batch_log_scale=batch_log_scale,
         effects=effects,
         active=active,
-        negcon_wells=negcon_wells,
         slot_wells=slot_wells,
         zero_plates=tuple(sorted(int(i) for i in plates)),
         zero_features=np.sort(features[:n_zero]),
@@ -667,6 +674,7 @@ def generate_plate(spec: PlateSetSpec, plate_index: int) -> pd.DataFrame:
         cols = g.negcon_zero_features
         values[np.ix_(rows, cols)] = center[cols].astype(np.float32)
 
+    # compound -1 (negcon wells) indexes the last name, DMSO
     names = np.array([_compound_name(i) for i in range(spec.n_compounds)] + ["DMSO"], object)
     meta: dict[str, object] = {
         schema.PLATE: _plate_id(plate_index),
@@ -675,7 +683,7 @@ def generate_plate(spec: PlateSetSpec, plate_index: int) -> pd.DataFrame:
     if n_sites > 1:
         meta[schema.SITE] = np.tile(np.arange(1, n_sites + 1, dtype=np.int64), n_wells)
     meta[schema.BATCH] = f"B{batch + 1}"
-    meta["Metadata_Compound"] = np.repeat(names[compound], n_sites)
+    meta[COMPOUND] = np.repeat(names[compound], n_sites)
     meta[schema.NEGCON] = np.repeat(negcon, n_sites)
     frame = pd.DataFrame(meta, index=pd.RangeIndex(n_wells * n_sites))
     features = pd.DataFrame(values, columns=feature_names(spec), copy=False)
@@ -707,29 +715,26 @@ RNA_UMIS_PER_GENE = 3.066
 RNA_DEPTH_LOG_SD = 0.66
 # same file: fraction of zero entries (reference figure for tests).
 RNA_SPARSITY = 0.665
-# same file: size-adjusted method-of-moments NB dispersion 1/theta, median over genes with mean
-# > 0.1, over all cells (reference figure; it includes the heterogeneity of 41 cell types, and
-# the generator's 8 types give about 0.4).
-RNA_OVERALL_DISPERSION = 0.96
-# same file: the same dispersion within each of the 6 largest cell types, median over types of
-# the median over genes with mean > 0.5 (0.04-0.20 per type): 0.062. Reference figure; the
-# generator reaches it as NB noise plus continuous state plus batch (see the next constants).
+# same file: size-adjusted method-of-moments NB dispersion 1/theta within each of the 6 largest
+# cell types, median over types of the median over genes with mean > 0.5 (0.04-0.20 per type).
+# Reference figure; the generator reaches it as NB noise plus continuous state plus batch (next
+# constants). Over all cells the file gives 0.96 (41 cell types); the generator, with 8, 0.4.
 RNA_WITHIN_TYPE_DISPERSION = 0.062
-# Calibrated: per-entry NB dispersion 1/theta and sd of the loadings of a 3-d continuous
+# *calibrated*: per-entry NB dispersion 1/theta and sd of the loadings of a 3-d continuous
 # within-type state (shared by all modalities), chosen so that the generated within-type
 # dispersion is 0.061 (the file's 0.062).
 RNA_NB_DISPERSION = 0.02
 STATE_LOADING_SD = 0.08
 N_STATE = 3
 # same file: per-gene mean count (at the median depth of 3,066 over 1,000 genes) has log10 mean
-# -0.34 and sd 0.73 over genes. Expression shares are normalized per cell, so only the sd acts:
-# 0.6 before cell-type effects gives 0.75 after them (generated log10 mean -0.32).
+# -0.34 and sd 0.73 over genes. Expression shares are normalized per cell, so only the sd acts;
+# *calibrated*: 0.6 before cell-type effects gives 0.75 after them (generated mean -0.32).
 RNA_GENE_LOG10_MEAN = (-0.34, 0.6)
 # same file: sd of per-gene log ratios of normalized means between batches s1d1 and s1d2 (0.251)
 # less the same between two random halves (0.118), divided by sqrt(2): per-batch log scaling.
 RNA_BATCH_LOG_SD = 0.157
 # same file: cell-type log fold changes (log of type mean / overall mean, 9 types with >= 20
-# cells, genes with mean > 0.5) have sd 1.84. Calibrated: a fraction of genes gets a N(0, sd)
+# cells, genes with mean > 0.5) have sd 1.84. *calibrated*: a fraction of genes gets a N(0, sd)
 # fold change per type; at 8 types these give sd 1.88 and sparsity 0.679 (file: 0.665), but
 # |lfc| > 1 for 47% of entries (file: 28%; its few marker genes are more extreme).
 RNA_MARKER_FRACTION = 0.2
@@ -751,12 +756,12 @@ ADT_DEPTH_LOG_SD = 0.52
 # same file: per-protein mean count, mean and sd of log10 over proteins (median 22.7).
 ADT_PROTEIN_LOG10_MEAN = (1.38, 0.51)
 # same file: within-type dispersion as for RNA, proteins with mean > 5: 0.16 (0.03-0.23 per
-# type). Calibrated: this per-entry NB dispersion gives 0.16-0.20 with the batch effects.
+# type). *calibrated*: this per-entry NB dispersion gives 0.16 with the batch effects.
 ADT_NB_DISPERSION = 0.07
 # same file: per-batch log scaling of protein means, as for RNA (0.539 vs 0.134 random halves).
 ADT_BATCH_LOG_SD = 0.37
 # same file: between-type share of the variance of log1p(counts / total * 1e3), median over
-# proteins, is 0.72 (41 types). Calibrated: this per-type log fold-change sd gives 0.77 at 8
+# proteins, is 0.72 (41 types). *calibrated*: this per-type log fold-change sd gives 0.80 at 8
 # types, and 10% zero counts (the next figure).
 ADT_TYPE_LFC_SD = 1.4
 # same file: fraction of zero ADT counts (reference figure for tests).
@@ -776,6 +781,8 @@ ATAC_DEPTH_LOG_SD = 0.43
 ATAC_PEAK_LOG_SD = 1.0
 ATAC_MARKER_FRACTION = 0.3
 ATAC_MARKER_LFC_SD = 1.5
+# *assumed*: per-batch log scaling of peak accessibility, as measured for RNA genes.
+ATAC_BATCH_LOG_SD = RNA_BATCH_LOG_SD
 
 # Tirosh et al. 2016 cell-cycle genes, as in scanpy's regev_lab_cell_cycle_genes.txt.
 CELL_CYCLE_S_GENES = (
@@ -819,6 +826,7 @@ _CHROMOSOMES = {
     "chr21": 46_709_983, "chr22": 50_818_468, "chrX": 156_040_895,
 }  # fmt: skip
 _PEAK_WIDTH = 500
+_MAX_PEAKS = 1_000_000
 _PHASES = tuple(PHASE_FRACTIONS)
 _CELL_CYCLE_MIN_GENES = 2 * (len(CELL_CYCLE_S_GENES) + len(CELL_CYCLE_G2M_GENES))
 # Matrix entries per block inside a chunk: temporaries of a few MB stay in cache and bound
@@ -896,6 +904,10 @@ class CellSetSpec:
         for name in ("n_cells", "n_genes", "n_peaks", "n_proteins", "n_cell_types"):
             value = getattr(self, name)
             _check(value >= 1, f"{name}={value!r} must be at least 1")
+        _check(
+            self.n_peaks <= _MAX_PEAKS,
+            f"n_peaks={self.n_peaks!r} exceeds {_MAX_PEAKS:,} (non-overlapping 500 bp peaks)",
+        )
         _check(self.n_batches >= 1, f"n_batches={self.n_batches!r} must be at least 1")
         _check(self.chunk_size >= 1, f"chunk_size={self.chunk_size!r} must be at least 1")
         for name in ("rna_depth", "atac_depth", "adt_depth"):
@@ -1079,7 +1091,7 @@ def _cell_globals(spec: CellSetSpec) -> _CellGlobals:
     p = spec.n_peaks
     peak = rng.normal(0.0, ATAC_PEAK_LOG_SD, p)
     lfc = _markers(rng, (t_, p), ATAC_MARKER_FRACTION, ATAC_MARKER_LFC_SD)
-    batch = rng.normal(0.0, RNA_BATCH_LOG_SD * batch_scale, (b_, p))
+    batch = rng.normal(0.0, ATAC_BATCH_LOG_SD * batch_scale, (b_, p))
     atac_log = peak + lfc[:, None, :] + batch[None, :, :]  # (t, b, p)
     rates = np.exp(atac_log - atac_log.max())
     atac_total = rates.sum(axis=2)
@@ -1177,8 +1189,8 @@ def _nb_sparse(
         k += 1
         pk *= q * ((k - 1 + theta) / k)
         resid -= pk
-        more = resid >= 0.0
-        small, pk, resid, q = small[more], pk[more], resid[more], q[more]
+        going = resid >= 0.0
+        small, pk, resid, q = small[going], pk[going], resid[going], q[going]
         counts[small] = k + 1
     return rows, cols, counts
 
@@ -1212,23 +1224,23 @@ def _rna(
         mean = np.exp(log_mean, out=log_mean)
         mean *= (library[rows] / mean.sum(axis=1, dtype=np.float64)).astype(np.float32)[:, None]
         r, c, v = _nb_sparse(mean, theta, rng)
-        parts.append((r + start, c, v))
+        parts.append((np.bincount(r, minlength=stop - start), c.astype(np.int32), v))
     return _csr(parts, (n, n_genes))
 
 
 def _csr(
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], shape: tuple[int, int]
 ) -> sp.csr_matrix:
-    """CSR from row-major sorted (rows, cols, values) blocks, without scipy's re-sorting."""
-    rows = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
-    cols = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
-    values = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.float32)
-    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
+    """CSR from consecutive row blocks (non-zeros per row, column indices, values).
+
+    Each block's entries are in row-major order, so no sorting is needed.
+    """
+    values = np.concatenate([p[2] for p in parts])
     index_dtype = np.int32 if values.size < 2**31 else np.int64
-    return sp.csr_matrix(
-        (values, cols.astype(index_dtype), indptr.astype(index_dtype)), shape=shape
-    )
+    indptr = np.zeros(shape[0] + 1, dtype=index_dtype)
+    np.cumsum(np.concatenate([p[0] for p in parts]), out=indptr[1:])
+    cols = np.concatenate([p[1] for p in parts]).astype(index_dtype, copy=False)
+    return sp.csr_matrix((values, cols, indptr), shape=shape)
 
 
 def _atac(
@@ -1270,7 +1282,8 @@ def _atac(
         hit = np.zeros((stop - start, n_peaks), dtype=bool)
         hit[cell[keep] - start, peak[keep]] = True
         r, c = np.divmod(np.flatnonzero(hit), n_peaks)
-        parts.append((r + start, c, np.ones(r.size, dtype=np.float32)))
+        counts = np.bincount(r, minlength=stop - start)
+        parts.append((counts, c.astype(np.int32), np.ones(r.size, dtype=np.float32)))
     return _csr(parts, (n, n_peaks))
 
 
