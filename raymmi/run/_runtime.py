@@ -45,7 +45,14 @@ def init_ray(config: RayConfig | None = None) -> dict[str, Any]:
     runtime_env = {"env_vars": WORKER_ENV}
     try:
         if address:
-            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+            # Inside `ray job submit` the job's runtime env (jobs/runtime_env.yaml) already
+            # applies; Ray refuses a driver runtime env that repeats any of its keys.
+            in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+            ray.init(
+                address=address,
+                runtime_env=None if in_job else runtime_env,
+                logging_level=logging.WARNING,
+            )
         else:
             store = config.object_store_mb
             store_bytes = store << 20 if store else min(_total_memory() // 4, _MAX_OBJECT_STORE)
