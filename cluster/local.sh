@@ -6,7 +6,7 @@
 #   cluster/local.sh start  [--port P] [--workers N] [--dashboard-port DP]
 #                           [--object-store-memory BYTES] [--gpus G]
 #   cluster/local.sh status [--port P]
-#   cluster/local.sh stop   [--port P]
+#   cluster/local.sh stop   [--port P] [--purge]
 #
 # Defaults: P=6390, N=1 (2 nodes), DP=P+2000, 256 MiB object store per node, G=0.
 # Uses the `ray` executable on PATH (activate the venv first). Then, in the client's shell:
@@ -14,9 +14,12 @@
 #   ray job submit --address http://127.0.0.1:DP --working-dir . -- python jobs/<stage>.py --smoke-test
 #
 # Isolation from any other Ray on the machine (e.g. a pytest session's `ray.init(address="local")`):
-#   * every node uses --temp-dir /tmp/raymmi-cluster-$P: session directory, sockets, logs and the
-#     `ray_current_cluster` address file stay out of /tmp/ray, so a bare `ray.init()` elsewhere
-#     never attaches to this cluster by accident;
+#   * the head uses --temp-dir /tmp/raymmi-cluster-$P, worker i /tmp/raymmi-cluster-$P/worker-i:
+#     session directories, sockets, logs and the `ray_current_cluster` address file stay out of
+#     /tmp/ray, so a bare `ray.init()` elsewhere never attaches to this cluster by accident. Each
+#     node has its own temp dir because nodes sharing one also share `runtime_resources/`, and
+#     their runtime-env agents then race building the same job environment (measured with a
+#     `pip` runtime_env: "dest dir ... exists", then workers dying with "No module named 'ray'");
 #   * the ports Ray would otherwise fix (GCS 6379, dashboard 8265, Ray Client 10001, dashboard
 #     agent 52365 on EVERY node) are derived from P: GCS P, Ray Client P+1, dashboard agents
 #     P+10+i (node i, head i=0), dashboard DP. All other ports are picked free by Ray. Two
@@ -56,6 +59,7 @@ DASHBOARD_PORT=""             # default: PORT + 2000 (8390 for the default PORT)
 OBJECT_STORE_MEMORY=$((256 * 1024 * 1024))  # per node; without it each node claims 30% of RAM
 GPUS=0                        # GPUs of the first worker; the head and the other workers get 0, so
                               # one physical GPU is never counted once per node
+PURGE=""                      # stop --purge: also delete the temp dir (logs included)
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --port) PORT="${2:?--port needs a value}"; shift 2 ;;
@@ -63,6 +67,7 @@ while [[ $# -gt 0 ]]; do
         --dashboard-port) DASHBOARD_PORT="${2:?--dashboard-port needs a value}"; shift 2 ;;
         --object-store-memory) OBJECT_STORE_MEMORY="${2:?--object-store-memory needs a value}"; shift 2 ;;
         --gpus) GPUS="${2:?--gpus needs a value}"; shift 2 ;;
+        --purge) PURGE=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "local.sh: unknown option: $1" >&2; usage 2 ;;
     esac
@@ -192,7 +197,7 @@ start() {
             --node-ip-address 127.0.0.1 \
             --num-cpus 1 --num-gpus "$gpus" \
             --object-store-memory "$OBJECT_STORE_MEMORY" \
-            --temp-dir "$TEMP_DIR" \
+            --temp-dir "${TEMP_DIR}/worker-${i}" \
             --dashboard-agent-listen-port "$((AGENT_BASE + i))" \
             --disable-usage-stats \
             >"${TEMP_DIR}/start-worker-${i}.log" 2>&1 \
@@ -245,7 +250,7 @@ stop_cluster() {
     all="$(our_pids)"
     if [[ -z "$all" ]]; then
         [[ -n "$quiet" ]] || echo "local.sh: nothing to stop (temp dir ${TEMP_DIR})"
-        rm -f "$STATE_FILE"
+        cleanup_temp_dir
         return 0
     fi
     # The PID set is taken once, up front: once a raylet is gone its workers are re-parented to
@@ -271,8 +276,26 @@ stop_cluster() {
         # shellcheck disable=SC2086
         kill -KILL $left 2>/dev/null || true
     fi
+    cleanup_temp_dir
+    if [[ -z "$quiet" ]]; then
+        if [[ -n "$PURGE" ]]; then
+            echo "local.sh: stopped (temp dir ${TEMP_DIR} deleted)"
+        else
+            echo "local.sh: stopped (logs kept under ${TEMP_DIR}; --purge deletes them)"
+        fi
+    fi
+}
+
+cleanup_temp_dir() {
+    # Once nothing runs: drop the state file and the job environments (a `pip` runtime_env
+    # clones the whole venv per node: ~2 GB here), keep the logs unless --purge.
     rm -f "$STATE_FILE"
-    [[ -n "$quiet" ]] || echo "local.sh: stopped (temp dir ${TEMP_DIR}; logs kept under it)"
+    if [[ -n "$PURGE" ]]; then
+        rm -rf "$TEMP_DIR"
+    elif [[ -d "$TEMP_DIR" ]]; then
+        find "$TEMP_DIR" -mindepth 2 -maxdepth 3 -type d -name runtime_resources -prune \
+            -exec rm -rf {} + 2>/dev/null || true
+    fi
 }
 
 case "$cmd" in
