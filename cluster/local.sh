@@ -45,7 +45,12 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    # Help on stdout for --help, on stderr for a usage error.
+    if [[ "${1:-2}" -eq 0 ]]; then
+        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    else
+        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+    fi
     exit "${1:-2}"
 }
 
@@ -95,7 +100,7 @@ CLIENT_PORT=$((PORT + 1))     # Ray Client server of the head
 AGENT_BASE=$((PORT + 10))     # dashboard agent HTTP port of node i is AGENT_BASE + i; the head's
                               # agent runs submitted jobs, so it must not lose a port race
 
-if [[ -n "${RAY_AUTH_MODE:-}" && "${RAY_AUTH_MODE}" != token ]]; then
+if [[ "$cmd" == start && -n "${RAY_AUTH_MODE:-}" && "${RAY_AUTH_MODE}" != token ]]; then
     echo "local.sh: WARNING: RAY_AUTH_MODE=${RAY_AUTH_MODE} from the environment: starting WITHOUT" \
         "token auth; Ray's internal ports listen on all interfaces, not only loopback." >&2
 fi
@@ -103,18 +108,25 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 export RAY_USAGE_STATS_ENABLED=0
 
 our_pids() {
-    # PIDs of our processes (PATTERN) plus all their descendants; zombies left out.
+    # PIDs of our processes (PATTERN) plus all their descendants; zombies left out. This script
+    # and its ancestors are never included, even if a caller's command line names our temp dir
+    # (e.g. `bash -c "cluster/local.sh stop; ls /tmp/raymmi-cluster-6390"`).
     local roots
     roots="$(pgrep -f -- "$PATTERN" || true)"
     [[ -n "$roots" ]] || return 0
-    ps -eo pid=,ppid=,stat= | awk '$3 !~ /^Z/' | awk -v roots="$roots" '
+    ps -eo pid=,ppid=,stat= | awk '$3 !~ /^Z/' | awk -v roots="$roots" -v self="$$" '
         BEGIN { n = split(roots, r, /[[:space:]]+/); for (i = 1; i <= n; i++) if (r[i] != "") keep[r[i]] = 1 }
         { parent[$1] = $2; pids[NR] = $1 }
         END {
+            for (p = self; p != "" && p != 0 && !(p in mine); p = parent[p]) mine[p] = 1
+            for (p in mine) delete keep[p]
             changed = 1
             while (changed) {
                 changed = 0
-                for (i in pids) { p = pids[i]; if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } }
+                for (i in pids) {
+                    p = pids[i]
+                    if (!(p in keep) && !(p in mine) && (parent[p] in keep)) { keep[p] = 1; changed = 1 }
+                }
             }
             for (p in keep) print p
         }' | sort -n

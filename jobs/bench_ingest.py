@@ -35,7 +35,9 @@ from raymmi.run import ingest_plates, init_ray
 
 
 def _make_source(path: Path, n_plates: int, n_features: int) -> int:
-    spec = testing.PlateSetSpec(n_plates=n_plates, n_features=n_features, seed=0)
+    spec = testing.PlateSetSpec(
+        n_plates=n_plates, n_features=n_features, n_batches=min(2, n_plates), seed=0
+    )
     writer = None
     rows = 0
     for i in range(n_plates):

@@ -12,7 +12,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -73,8 +73,8 @@ class IngestPlatesConfig:
     sources: tuple[str, ...]
     out: str
     negcon: str | None = None
-    on_nan: str = "fail"
-    aggregate: str | None = None
+    on_nan: Literal["fail", "drop-rows", "keep"] = "fail"
+    aggregate: Literal["median", "mean"] | None = None
     batch_rows: int = 65_536
     overwrite: bool = False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, Literal
 
 from raymmi import run, testing
 from raymmi.config import (
@@ -38,7 +39,7 @@ def run_demo(
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, str] = {}
-    kw = {"ray_config": ray_config, "tracking": tracking}
+    kw: dict[str, Any] = {"ray_config": ray_config, "tracking": tracking}
     info = run.init_ray(ray_config)
     print(f"Ray: {info.get('CPU', 0):.0f} CPUs")
 
@@ -64,7 +65,7 @@ def run_demo(
     outputs["generated cells"] = str(root / "cells_generated")
     run.generate_cells(cells, out=outputs["generated cells"], overwrite=True, **kw)
 
-    real = [
+    real: list[tuple[str, str, str | None, Literal["median", "mean"] | None]] = [
         ("JUMP plates", "cellpainting/jump_8plates_3features.parquet", None, None),
         (
             "LINCS plate",

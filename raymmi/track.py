@@ -108,7 +108,8 @@ class Run:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(uri)
-        self._mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)
+        dataset = MetaDataset(source, name=name, digest=digest)  # type: ignore[abstract]
+        self._mlflow.log_input(dataset, context=context)
         summary = {k: v for k, v in manifest.items() if k not in ("features", "modalities")}
         self.log_dict({"uri": uri, **summary}, f"lineage/{context}/{name}.json")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -225,6 +225,39 @@ class SourceSummary:
     errors: list[str] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
+class IngestPlan:
+    """How every source of one ingest is read: target schema and policies.
+
+    Parameters
+    ----------
+    metadata
+        Target metadata schema (from :func:`plan_schema`).
+    features
+        Feature names, in stored order.
+    negcon_query
+        pandas query marking negative controls (``None``: ``Metadata_is_negcon`` or False).
+    on_nan
+        Non-finite value policy: ``fail``, ``drop-rows`` or ``keep``.
+    batch_rows
+        Rows per streamed record batch.
+    """
+
+    metadata: pa.Schema
+    features: tuple[str, ...]
+    negcon_query: str | None = None
+    on_nan: NanPolicy = "fail"
+    batch_rows: int = 65_536
+
+    def stored_schema(self) -> pa.Schema:
+        """Schema of the stored parts: metadata, the negcon flag, float32 features."""
+        return pa.schema(
+            [f for f in self.metadata if f.name != NEGCON]
+            + [pa.field(NEGCON, pa.bool_())]
+            + [pa.field(n, FEATURE_TYPE) for n in self.features]
+        )
+
+
 def negcon_mask(frame: pd.DataFrame, query: str | None, *, source: str) -> np.ndarray:
     """Boolean negative-control flags for ``frame``.
 
@@ -290,7 +323,7 @@ def prepare_table(
             if count:
                 summary.nonfinite_per_column[name] += int(count)
         if on_nan == "drop-rows":
-            keep = finite.all(axis=1)
+            keep = np.asarray(finite.all(axis=1))
             summary.rows_dropped += int((~keep).sum())
         elif on_nan == "keep":
             values = np.where(np.isinf(values), np.nan, values)
@@ -338,56 +371,49 @@ class PlateSplitter:
 
 
 def ingest_table_source(
-    src: str,
-    staging: str,
-    *,
-    part_name: str,
-    metadata: pa.Schema,
-    features: Sequence[str],
-    negcon_query: str | None,
-    on_nan: NanPolicy,
-    batch_rows: int = 65_536,
+    src: str, staging: str, *, part_name: str, plan: IngestPlan
 ) -> SourceSummary:
     """Stream one table source into per-plate parts under ``staging``; summarize it."""
-    return ingest_tables(
-        iter_source_tables(src, batch_rows=batch_rows, features=features),
-        staging,
-        source=src,
-        part_name=part_name,
-        metadata=metadata,
-        features=features,
-        negcon_query=negcon_query,
-        on_nan=on_nan,
-    )
+    tables = iter_source_tables(src, batch_rows=plan.batch_rows, features=plan.features)
+    return ingest_tables(tables, staging, source=src, part_name=part_name, plan=plan)
+
+
+def iter_cellprofiler_wells(
+    wells: Sequence[Sequence[str]], *, aggregate: Literal["median", "mean"] | None
+) -> Iterator[pa.Table]:
+    """Read CellProfiler sites well by well (memory: one well's cells).
+
+    ``wells`` lists, per well, its site folders; with ``aggregate`` each well becomes one row.
+    """
+    from raymmi.io import _cellprofiler as cp
+
+    for sites in wells:
+        frames = [cp.read_cellprofiler_site(site) for site in sites]
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if aggregate is not None:
+            frame = cp.aggregate_to_wells(frame, how=aggregate)
+        yield pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def ingest_tables(
-    tables: Iterator[pa.Table] | Sequence[pa.Table],
+    tables: Iterable[pa.Table],
     staging: str,
     *,
     source: str,
     part_name: str,
-    metadata: pa.Schema,
-    features: Sequence[str],
-    negcon_query: str | None,
-    on_nan: NanPolicy,
+    plan: IngestPlan,
 ) -> SourceSummary:
     """Validate, cast and split a stream of tables into per-plate parts under ``staging``."""
     summary = SourceSummary(source=source)
-    schema = pa.schema(
-        [f for f in metadata if f.name != NEGCON]
-        + [pa.field(NEGCON, pa.bool_())]
-        + [pa.field(n, FEATURE_TYPE) for n in features]
-    )
-    splitter = PlateSplitter(staging, schema, part_name=part_name)
+    splitter = PlateSplitter(staging, plan.stored_schema(), part_name=part_name)
     try:
         for table in tables:
             out = prepare_table(
                 table,
-                metadata=metadata,
-                features=features,
-                negcon_query=negcon_query,
-                on_nan=on_nan,
+                metadata=plan.metadata,
+                features=plan.features,
+                negcon_query=plan.negcon_query,
+                on_nan=plan.on_nan,
                 summary=summary,
             )
             plates = out.column(PLATE).to_numpy(zero_copy_only=False)

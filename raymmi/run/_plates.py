@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -34,37 +34,23 @@ def producer(command: str, config: dict[str, Any], run: Run) -> dict[str, Any]:
 
 
 @ray.remote(num_cpus=1)
-def _ingest_table(src: str, staging: str, index: int, **kwargs: Any) -> tables.SourceSummary:
+def _ingest_table(
+    src: str, staging: str, index: int, plan: tables.IngestPlan
+) -> tables.SourceSummary:
     return tables.ingest_table_source(
-        src, staging, part_name=f"part-{index:05d}.parquet", **kwargs
+        src, staging, part_name=f"part-{index:05d}.parquet", plan=plan
     )
 
 
 @ray.remote(num_cpus=1)
 def _ingest_cellprofiler(
-    plate: str, wells: list[list[str]], staging: str, *, aggregate: str | None, **kwargs: Any
+    plate: str, wells: list[list[str]], staging: str, plan: tables.IngestPlan, aggregate: Any
 ) -> tables.SourceSummary:
-    def frames():
-        for sites in wells:
-            cells = [cp.read_cellprofiler_site(s) for s in sites]
-            frame = cells[0] if len(cells) == 1 else _concat(cells)
-            if aggregate is not None:
-                frame = cp.aggregate_to_wells(frame, how=aggregate)
-            yield pa.Table.from_pandas(frame, preserve_index=False)
-
+    frames = tables.iter_cellprofiler_wells(wells, aggregate=aggregate)
+    source = f"CellProfiler plate {plate}"
     return tables.ingest_tables(
-        frames(),
-        staging,
-        source=f"CellProfiler plate {plate}",
-        part_name="part-00000.parquet",
-        **kwargs,
+        frames, staging, source=source, part_name="part-00000.parquet", plan=plan
     )
-
-
-def _concat(frames):
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
 
 
 @ray.remote(num_cpus=1)
@@ -148,20 +134,19 @@ def ingest_plates(
         ShardSetWriter(config.out, overwrite=config.overwrite) as writer,
         tracked_run("ingest plates", config=cfg, tracking=tracking) as run,
     ):
-        common = {
-            "metadata": metadata,
-            "features": features,
-            "negcon_query": config.negcon,
-            "on_nan": config.on_nan,
-        }
+        plan = tables.IngestPlan(
+            metadata=metadata,
+            features=features,
+            negcon_query=config.negcon,
+            on_nan=config.on_nan,
+            batch_rows=config.batch_rows,
+        )
         refs = [
-            _ingest_table.remote(src, writer.staging, i, batch_rows=config.batch_rows, **common)
+            _ingest_table.remote(src, writer.staging, i, plan)
             for i, src in enumerate(table_sources)
         ]
         refs += [
-            _ingest_cellprofiler.remote(
-                p, wells, writer.staging, aggregate=config.aggregate, **common
-            )
+            _ingest_cellprofiler.remote(p, wells, writer.staging, plan, config.aggregate)
             for p, wells in cp_plates.items()
         ]
         summaries = gather(refs, desc="ingest plates", unit="source")
@@ -252,17 +237,17 @@ def _log_output(run: Run, out: str, manifest: Manifest, started: float) -> None:
 
 @ray.remote(num_cpus=1)
 def _generate_plates(
-    make: Callable[[int], Any], indices: list[int], staging: str, **kwargs: Any
+    spec: Any, indices: list[int], staging: str, plan: tables.IngestPlan
 ) -> tables.SourceSummary:
-    frames = (pa.Table.from_pandas(make(i), preserve_index=False) for i in indices)
+    from raymmi import testing
+
+    frames = (
+        pa.Table.from_pandas(testing.generate_plate(spec, i), preserve_index=False)
+        for i in indices
+    )
+    source = f"generated plates {indices[0]}..{indices[-1]}"
     return tables.ingest_tables(
-        frames,
-        staging,
-        source=f"generated plates {indices[0]}..{indices[-1]}",
-        part_name="part-00000.parquet",
-        negcon_query=None,
-        on_nan="keep",
-        **kwargs,
+        frames, staging, source=source, part_name="part-00000.parquet", plan=plan
     )
 
 
@@ -291,15 +276,12 @@ def generate_plates(
     groups = [
         list(range(i, min(i + per_task, spec.n_plates))) for i in range(0, spec.n_plates, per_task)
     ]
-    make = _PlateMaker(spec)
+    plan = tables.IngestPlan(metadata=metadata, features=features, on_nan="keep")
     with (
         ShardSetWriter(out, overwrite=overwrite) as writer,
         tracked_run("generate plates", config=cfg, tracking=tracking) as run,
     ):
-        refs = [
-            _generate_plates.remote(make, g, writer.staging, metadata=metadata, features=features)
-            for g in groups
-        ]
+        refs = [_generate_plates.remote(spec, g, writer.staging, plan) for g in groups]
         summaries = gather(refs, desc="generate plates", unit="group")
         manifest = _commit_plates(
             writer,
@@ -315,15 +297,3 @@ def generate_plates(
         )
         _log_output(run, out, manifest, started)
     return manifest
-
-
-class _PlateMaker:
-    """Picklable ``plate_index -> DataFrame`` for one spec."""
-
-    def __init__(self, spec: Any) -> None:
-        self.spec = spec
-
-    def __call__(self, index: int) -> Any:
-        from raymmi import testing
-
-        return testing.generate_plate(self.spec, index)

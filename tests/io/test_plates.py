@@ -111,15 +111,9 @@ def test_splitter_never_mixes_plates_and_finds_duplicates(tmp_path):
     frame = pd.concat([_frame(), _frame().iloc[:2]], ignore_index=True)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     metadata, features = P.plan_schema({"src": table.schema})
+    plan = P.IngestPlan(metadata=metadata, features=features)
     summary = P.ingest_tables(
-        [table],
-        str(tmp_path),
-        source="src",
-        part_name="part-0.parquet",
-        metadata=metadata,
-        features=features,
-        negcon_query=None,
-        on_nan="fail",
+        [table], str(tmp_path), source="src", part_name="part-0.parquet", plan=plan
     )
     assert sorted(f.plate for f in summary.files) == ["P1", "P2"]
     for entry in summary.files:
