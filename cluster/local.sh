@@ -227,6 +227,8 @@ status() {
         return 1
     fi
     print_addresses "$(sed -n 's/^WORKERS=//p' "$STATE_FILE" 2>/dev/null || echo '?')"
+    # `ray status` is the autoscaler's summary, refreshed every few seconds: right after `start`
+    # it may list only the head although every node is registered (ray.nodes() sees them all).
     echo
     ray status --address "127.0.0.1:${PORT}"
 }

@@ -67,7 +67,8 @@ class IngestPlatesConfig:
     aggregate
         CellProfiler folders only: aggregate cells to wells by ``median`` or ``mean``.
     batch_rows
-        Rows per streamed record batch (memory bound per task).
+        Rows per streamed record batch (memory bound per task); default: about 4 million
+        feature values per batch.
     """
 
     sources: tuple[str, ...]
@@ -75,7 +76,7 @@ class IngestPlatesConfig:
     negcon: str | None = None
     on_nan: Literal["fail", "drop-rows", "keep"] = "fail"
     aggregate: Literal["median", "mean"] | None = None
-    batch_rows: int = 65_536
+    batch_rows: int | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -84,7 +85,8 @@ class IngestPlatesConfig:
         if not self.sources:
             msg = "ingest plates needs at least one source table or CellProfiler folder"
             raise RaymmiError(msg)
-        check_positive("batch_rows", self.batch_rows)
+        if self.batch_rows is not None:
+            check_positive("batch_rows", self.batch_rows)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -143,7 +143,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, case):
     out = tmp_path / "out"
     assert _run("ingest", "plates", src, "--out", str(out), *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith("raymmi: error:") or "raymmi: error:" in err[0]
+    assert any(line.startswith("raymmi: error:") for line in err)
     import re
 
     assert re.search(message, "\n".join(err)), err
@@ -217,3 +217,14 @@ def test_cellprofiler_folder_through_ray(tmp_path, aggregate):
     np.testing.assert_array_equal(
         got[features].to_numpy(np.float32), direct[features].to_numpy(np.float32)
     )
+
+
+def test_duplicates_across_sources_are_found(tmp_path, capsys):
+    good = _good()
+    first = _table(tmp_path, good, "a.csv")
+    second = _table(tmp_path, good[good["Metadata_Plate"] == "P2"], "b.parquet")
+    out = tmp_path / "out"
+    assert _run("ingest", "plates", first, second, "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "plate 'P2': 2 duplicate" in err and "('P2', 'A01')" in err
+    assert not out.exists()

@@ -59,7 +59,7 @@ def _duplicates(staging: str, files: list[FileEntry], keys: list[str]) -> tuple[
 
 
 def _check(summaries: Sequence[tables.SourceSummary], config: IngestPlatesConfig) -> list[str]:
-    problems = [e for s in summaries for e in s.errors]
+    problems: list[str] = []
     nonfinite: Counter[str] = Counter()
     for s in summaries:
         nonfinite.update(s.nonfinite_per_column)
@@ -184,10 +184,13 @@ def _commit_plates(
     for entry in files:
         by_plate[entry.plate or ""].append(entry)
     keys = tables.key_columns(metadata.names)
-    dup_refs = {p: _duplicates.remote(writer.staging, fs, keys) for p, fs in by_plate.items()}
-    for plate, (count, examples) in zip(
-        dup_refs, gather(list(dup_refs.values()), desc="check keys", unit="plate"), strict=True
-    ):
+    # Each task found the repeats within its own parts; only a plate split over several
+    # sources needs a second look across its files.
+    duplicates = {p: d for s in summaries for p, d in s.duplicates.items()}
+    shared = {p: fs for p, fs in by_plate.items() if len(fs) > 1 and p not in duplicates}
+    refs = [_duplicates.remote(writer.staging, fs, keys) for fs in shared.values()]
+    duplicates.update(zip(shared, gather(refs, desc="check keys", unit="plate"), strict=True))
+    for plate, (count, examples) in sorted(duplicates.items()):
         if count:
             problems.append(
                 f"plate {plate!r}: {count} duplicate {keys} key(s), e.g. {examples[:3]}; "
