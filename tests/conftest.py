@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from raymmi import testing
 
 
 def shared_file(rel: str) -> Path:
     """A file of ../shared/data, or skip the test with the reason."""
-    path = SHARED / rel
-    if not path.exists():
+    if not testing.has_shared_data(rel):
         pytest.skip(f"real data ../shared/data/{rel} is not here (fresh clone without shared/)")
-    return path
+    return testing.shared_data(rel)
 
 
 @pytest.fixture(scope="session", autouse=True)
