@@ -26,3 +26,43 @@ def test_read_dataset_reads_exactly_the_manifest(tmp_path):
     assert ds.columns() == ["Metadata_Plate", "Cells_AreaShape_Zernike_5_1"]
     plates = ds.groupby("Metadata_Plate").count().to_pandas()
     assert len(plates) == 8
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_map_batches_then_write_parts_keeps_plates_apart(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from raymmi.io import ShardSetWriter
+    from raymmi.run._datasets import write_parts
+    from raymmi.schema import Manifest
+
+    src = shared_file("cellpainting/jump_8plates_3features.parquet")
+    ingest_plates(IngestPlatesConfig(sources=(str(src),), out=str(tmp_path / "in")))
+    shard_set = open_shard_set(str(tmp_path / "in"))
+    feature = shard_set.manifest.features[0]
+
+    def double(batch: pa.Table) -> pa.Table:
+        i = batch.schema.get_field_index(feature)
+        return batch.set_column(i, feature, pc.multiply(batch.column(feature), 2.0))
+
+    ds = read_dataset(shard_set).map_batches(double, batch_format="pyarrow")
+    schema = shard_set.read_table().schema
+    with ShardSetWriter(str(tmp_path / "out")) as writer:
+        files = write_parts(ds, writer.staging, kind="plates", schema=schema)
+        writer.commit(
+            Manifest(
+                kind="plates",
+                files=tuple(files),
+                metadata=shard_set.manifest.metadata,
+                features=shard_set.manifest.features,
+            )
+        )
+    out = open_shard_set(str(tmp_path / "out"))
+    assert out.verify() == []
+    for entry, table in out.iter_tables():
+        assert set(table.column("Metadata_Plate").to_pylist()) == {entry.plate}
+    before = shard_set.read_table().to_pandas().sort_values(["Metadata_Plate", "Metadata_Well"])
+    after = out.read_table().to_pandas().sort_values(["Metadata_Plate", "Metadata_Well"])
+    np.testing.assert_array_equal(after[feature].to_numpy(), 2 * before[feature].to_numpy())

@@ -376,9 +376,13 @@ class PlateSplitter:
         plates = table.column(PLATE).to_numpy(zero_copy_only=False)
         names, starts = np.unique(plates, return_index=True)
         ends = [*starts[1:], len(plates)]
-        hashes = pd.util.hash_pandas_object(
-            table.select(self._keys).to_pandas(), index=False
-        ).to_numpy()
+        hashes = (
+            pd.util.hash_pandas_object(
+                table.select(self._keys).to_pandas(), index=False
+            ).to_numpy()
+            if self._keys
+            else np.zeros(len(plates), dtype=np.uint64)
+        )
         for plate, start, end in zip(names.tolist(), starts, ends, strict=True):
             writer = self._writers.get(plate)
             if writer is None:
@@ -395,7 +399,9 @@ class PlateSplitter:
 
     def duplicates(self) -> dict[str, tuple[int, list[tuple]]]:
         """Per plate with repeated keys: (number of repeats, a few example keys)."""
-        found = {}
+        found: dict[str, tuple[int, list[tuple]]] = {}
+        if not self._keys:
+            return found
         for plate, parts in self._hashes.items():
             hashes = np.concatenate(parts)
             if len(np.unique(hashes)) == len(hashes):
