@@ -353,21 +353,46 @@ def _add_nulls(table: pa.Table, metadata: pa.Schema, names: Sequence[str]) -> pa
 
 
 class PlateSplitter:
-    """Route rows to one streaming Parquet part per plate (never two plates in one file).
+    """Route rows to streaming Parquet parts, one plate per file (never two plates in a file).
 
-    It also keeps a 64-bit hash of every row's key (plate, well[, site, object]) per plate, so
-    duplicate keys within a source are found without reading anything back (8 bytes a row).
+    At most ``max_open`` parts are open at once (each open Parquet writer holds per-column
+    buffers); a plate whose part was closed continues in a new part (``<name>-<k>.parquet``),
+    so memory does not grow with the number of plates in a source. It also keeps a 64-bit
+    hash of every row's key (plate, well[, site, object]) per plate, so duplicate keys within
+    a source are found without reading anything back (8 bytes a row).
     """
 
     def __init__(
-        self, staging: str, schema: pa.Schema, *, part_name: str, keys: Sequence[str]
+        self,
+        staging: str,
+        schema: pa.Schema,
+        *,
+        part_name: str,
+        keys: Sequence[str],
+        max_open: int = 8,
     ) -> None:
         self._staging = staging
         self._schema = schema
-        self._part_name = part_name
+        self._stem = part_name.removesuffix(".parquet")
         self._keys = list(keys)
-        self._writers: dict[str, PartWriter] = {}
+        self._max_open = max_open
+        self._open: dict[str, PartWriter] = {}  # insertion order = least recently used first
+        self._entries: dict[str, list[FileEntry]] = {}
         self._hashes: dict[str, list[np.ndarray]] = {}
+
+    def _writer(self, plate: str) -> PartWriter:
+        writer = self._open.pop(plate, None)
+        if writer is None:
+            if len(self._open) >= self._max_open:
+                oldest = next(iter(self._open))
+                self._entries[oldest].append(self._open.pop(oldest).close())
+            done = self._entries.setdefault(plate, [])
+            self._hashes.setdefault(plate, [])
+            suffix = f"-{len(done)}" if done else ""
+            relpath = posixpath.join(plate_dir(plate), f"{self._stem}{suffix}.parquet")
+            writer = PartWriter(self._staging, relpath, self._schema, plate=plate)
+        self._open[plate] = writer
+        return writer
 
     def write(self, table: pa.Table) -> None:
         """Append the rows of ``table`` to their plates' parts (one sort, no per-plate scan)."""
@@ -384,21 +409,18 @@ class PlateSplitter:
             else np.zeros(len(plates), dtype=np.uint64)
         )
         for plate, start, end in zip(names.tolist(), starts, ends, strict=True):
-            writer = self._writers.get(plate)
-            if writer is None:
-                relpath = posixpath.join(plate_dir(plate), self._part_name)
-                writer = PartWriter(self._staging, relpath, self._schema, plate=plate)
-                self._writers[plate] = writer
-                self._hashes[plate] = []
-            writer.write(table.slice(start, end - start))
+            self._writer(plate).write(table.slice(start, end - start))
             self._hashes[plate].append(hashes[start:end])
 
     def close(self) -> list[FileEntry]:
-        """Close every part; return their manifest entries."""
-        return [w.close() for w in self._writers.values()]
+        """Close every part; return the manifest entries of all parts written."""
+        for plate, writer in self._open.items():
+            self._entries[plate].append(writer.close())
+        self._open.clear()
+        return [e for entries in self._entries.values() for e in entries]
 
     def duplicates(self) -> dict[str, tuple[int, list[tuple]]]:
-        """Per plate with repeated keys: (number of repeats, a few example keys)."""
+        """Per plate with repeated keys: (number of repeats, a few example keys); after close."""
         found: dict[str, tuple[int, list[tuple]]] = {}
         if not self._keys:
             return found
@@ -406,8 +428,8 @@ class PlateSplitter:
             hashes = np.concatenate(parts)
             if len(np.unique(hashes)) == len(hashes):
                 continue
-            entry = self._writers[plate].close()
-            count, examples = find_duplicate_keys(self._staging, [entry], keys=self._keys)
+            entries = self._entries[plate]
+            count, examples = find_duplicate_keys(self._staging, entries, keys=self._keys)
             if count:  # a 64-bit hash collision alone reports nothing
                 found[plate] = (count, examples)
         return found

@@ -83,9 +83,7 @@ class ShardPartsSink(Datasink[str]):
         ]
 
     def on_write_complete(self, write_result: WriteResult[str]) -> None:
-        entries = [
-            FileEntry(**e) for task in write_result.write_returns for e in json.loads(task)
-        ]
+        entries = [FileEntry(**e) for task in write_result.write_returns for e in json.loads(task)]
         self.files = sorted(entries, key=lambda e: (e.plate or "", e.path))
 
 

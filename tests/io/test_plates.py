@@ -135,3 +135,27 @@ def test_corrupt_files_are_named(tmp_path):
     with pytest.raises(RaymmiError, match="cannot be read as a table"):
         list(P.iter_source_tables(str(csv), features=["f1"]))
     assert "f1" in schema.names
+
+
+def test_splitter_bounds_open_parts(tmp_path):
+    frame = _frame(n=40, plates=tuple(f"P{i}" for i in range(5)))
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata, features = P.plan_schema({"src": table.schema})
+    schema = P.IngestPlan(metadata=metadata, features=features).stored_schema()
+    splitter = P.PlateSplitter(
+        str(tmp_path),
+        schema,
+        part_name="part-0.parquet",
+        keys=P.key_columns(schema.names),
+        max_open=2,
+    )
+    prepared, _ = _prepare(frame)
+    for start in range(0, 40, 7):  # plates interleave across batches
+        splitter.write(prepared.slice(start, 7))
+    entries = splitter.close()
+    assert sum(e.rows for e in entries) == 40
+    assert len(entries) > 5  # plates were continued in new parts
+    for entry in entries:
+        plates = pq.read_table(tmp_path / entry.path).column("Metadata_Plate").to_pylist()
+        assert set(plates) == {entry.plate}
+    assert splitter.duplicates() == {}
