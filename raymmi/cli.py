@@ -15,6 +15,7 @@ from raymmi.config import (
     ExportConfig,
     IngestCellsConfig,
     IngestPlatesConfig,
+    NormalizeConfig,
     RayConfig,
     TrackingConfig,
     apply_overrides,
@@ -74,6 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--chunk-size", type=int, help="cells per chunk and per file")
     cells.add_argument("--batch-key", help="obs column with the batch (default: batch)")
     _common(cells)
+
+    norm = sub.add_parser("normalize", help="per-plate / global normalization of plates")
+    norm.add_argument("source", nargs="?", help="plates shard set")
+    norm.add_argument("--out", help="output shard set")
+    norm.add_argument(
+        "--method",
+        choices=["standardize", "robustize", "mad_robustize", "mean", "spherize", "combat"],
+    )
+    norm.add_argument("--reference", choices=["negcon", "all", "negcon-global", "batch"])
+    norm.add_argument("--negcon", help="pandas query re-defining negative controls")
+    norm.add_argument("--batch-key", help="batch column (default Metadata_Batch)")
+    norm.add_argument("--epsilon", type=float, help="added to the spread")
+    norm.add_argument("--spherize-method", choices=["ZCA", "ZCA-cor", "PCA", "PCA-cor"])
+    norm.add_argument("--spherize-epsilon", type=float)
+    norm.add_argument("--nonparametric", action="store_true", default=None, help="ComBat")
+    _common(norm)
 
     export = sub.add_parser("export", help="shard set to .parquet/.csv (plates) or .h5ad")
     export.add_argument("source", nargs="?", help="shard set directory")
@@ -166,6 +183,32 @@ def _ingest(args: argparse.Namespace) -> int:
     manifest = run.ingest_cells(config_c, ray_config=_ray(args), tracking=_tracking(args))
     mods = ", ".join(f"{m.name} ({len(m.features)})" for m in manifest.modalities)
     print(f"wrote {manifest.num_rows} cells with {mods} to {config_c.out}")
+    return 0
+
+
+def _normalize(args: argparse.Namespace) -> int:
+    from raymmi import run
+
+    flags = {
+        "source": args.source,
+        "out": args.out,
+        "method": args.method,
+        "reference": args.reference,
+        "negcon": args.negcon,
+        "batch_key": args.batch_key,
+        "epsilon": args.epsilon,
+        "spherize_method": args.spherize_method,
+        "spherize_epsilon": args.spherize_epsilon,
+        "nonparametric": args.nonparametric,
+        "overwrite": args.overwrite,
+    }
+    config = _settings(NormalizeConfig, args, flags, where="normalize")
+    manifest = run.normalize(config, ray_config=_ray(args), tracking=_tracking(args))
+    counts = manifest.extra.get("fallback_counts", {})
+    print(
+        f"wrote {manifest.num_rows} rows ({config.method}, reference {config.reference}) to "
+        f"{config.out}; fallbacks: {counts or 'none'}"
+    )
     return 0
 
 
@@ -265,6 +308,7 @@ def _demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "ingest": _ingest,
+    "normalize": _normalize,
     "export": _export,
     "generate": _generate,
     "inspect": _inspect,

@@ -121,6 +121,57 @@ class IngestCellsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class NormalizeConfig:
+    """``raymmi normalize``: per-plate / global normalization of a ``plates`` shard set.
+
+    Parameters
+    ----------
+    source, out
+        Input and output shard sets.
+    method
+        ``standardize`` (mean/sd), ``robustize`` (median/IQR), ``mad_robustize``
+        ((x - median) / (1.4826 MAD + epsilon)), ``mean`` (centering), ``spherize`` (see
+        ``spherize_method``) or ``combat`` (by ``batch_key``; ``nonparametric`` priors).
+    reference
+        Rows the statistics come from: ``negcon`` (the plate's negative controls), ``all``
+        (every row of the plate), ``negcon-global`` (negative controls of all plates pooled),
+        ``batch`` (every row of the plate's batch). ComBat always uses all rows per batch.
+    negcon
+        pandas query re-defining the negative controls (default: the stored flag).
+    batch_key
+        Metadata column holding the batch (``batch`` reference, ComBat).
+    epsilon
+        Added to the spread of ``standardize``/``robustize``/``mad_robustize``.
+    """
+
+    source: str
+    out: str
+    method: Literal["standardize", "robustize", "mad_robustize", "mean", "spherize", "combat"] = (
+        "standardize"
+    )
+    reference: Literal["negcon", "all", "negcon-global", "batch"] = "negcon"
+    negcon: str | None = None
+    batch_key: str = "Metadata_Batch"
+    epsilon: float = 0.0
+    spherize_method: Literal["ZCA", "ZCA-cor", "PCA", "PCA-cor"] = "ZCA"
+    spherize_epsilon: float = 1e-6
+    nonparametric: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice(
+            "method",
+            self.method,
+            ("standardize", "robustize", "mad_robustize", "mean", "spherize", "combat"),
+        )
+        check_choice("reference", self.reference, ("negcon", "all", "negcon-global", "batch"))
+        check_choice("spherize_method", self.spherize_method, ("ZCA", "ZCA-cor", "PCA", "PCA-cor"))
+        if self.epsilon < 0 or self.spherize_epsilon < 0:
+            msg = f"epsilon={self.epsilon!r} and spherize_epsilon must be >= 0"
+            raise RaymmiError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """``raymmi export``: a shard set to ``.parquet``/``.csv`` (plates) or ``.h5ad`` (cells)."""
 

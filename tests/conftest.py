@@ -36,8 +36,8 @@ def ray_session():
     """The session's single local Ray (2 CPUs, small object store); started on first use."""
     import ray
 
-    from raymmi.run import init_ray
     from raymmi.config import RayConfig
+    from raymmi.run import init_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(RayConfig(num_cpus=2, object_store_mb=512))

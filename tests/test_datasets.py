@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import shared_file
+
 from raymmi.config import IngestPlatesConfig
 from raymmi.io import open_shard_set
 from raymmi.run import ingest_plates, read_dataset

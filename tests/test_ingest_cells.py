@@ -6,8 +6,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
 from conftest import shared_file
+
 from raymmi.cli import main
 from raymmi.io import open_shard_set
 from raymmi.schema import list_to_dense, lists_to_sparse

@@ -7,8 +7,8 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import shared_file
+
 from raymmi.cli import main
 from raymmi.io import open_shard_set
 

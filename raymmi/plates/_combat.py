@@ -34,6 +34,7 @@ NaN values are skipped feature by feature (scanpy does not accept NaN).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -156,14 +157,12 @@ def combat_stats(x: np.ndarray, batch_labels: Sequence[object] | np.ndarray) -> 
     return CombatStats(batches=tuple(str(u) for u in uniques), moments=tuple(moments))
 
 
-def _aprior(delta_hat: np.ndarray) -> float:
+def _priors(delta_hat: np.ndarray) -> tuple[float, float]:
+    """Inverse-gamma hyperparameters ``a``, ``b`` by moments (scanpy ``_aprior``, ``_bprior``)."""
     m, s2 = delta_hat.mean(), delta_hat.var(ddof=1)
-    return float((2 * s2 + m**2) / s2)
-
-
-def _bprior(delta_hat: np.ndarray) -> float:
-    m, s2 = delta_hat.mean(), delta_hat.var(ddof=1)
-    return float((m * s2 + m**3) / s2)
+    if s2 == 0:
+        return math.inf, math.inf
+    return float((2 * s2 + m**2) / s2), float((m * s2 + m**3) / s2)
 
 
 def _it_sol(
@@ -181,10 +180,16 @@ def _it_sol(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Iterate as scanpy's ``_it_sol``, on moments; only ``live`` features test convergence."""
     g_old, d_old = g_hat, d_hat
+    # All delta_hat equal (their variance is 0): a and b are infinite and the inverse-gamma
+    # prior is a point mass at their mean b / a -> mean(delta_hat), which delta* then equals.
+    point_mass = not (np.isfinite(a) and np.isfinite(b))
     for _ in range(_MAX_ITERATIONS):
         g_new = (t2 * n * g_hat + d_old * g_bar) / (t2 * n + d_old)
         sum2 = m2s + n * (g_hat - g_new) ** 2
-        d_new = (0.5 * sum2 + b) / (n / 2.0 + a - 1.0)
+        if point_mass:
+            d_new = np.full_like(d_hat, d_hat.mean())
+        else:
+            d_new = (0.5 * sum2 + b) / (n / 2.0 + a - 1.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             change_g = np.abs(g_new - g_old) / g_old
             change_d = np.abs(d_new - d_old) / d_old
@@ -289,6 +294,7 @@ def fit_combat(stats: CombatStats, *, parametric: bool = True) -> CombatFit:
     delta_star = np.empty((k, p))
     for i, batch in enumerate(stats.batches):
         if parametric:
+            a_prior, b_prior = _priors(delta_hat[i])
             gamma_star[i], delta_star[i] = _it_sol(
                 count[i],
                 gamma_hat[i],
@@ -296,8 +302,8 @@ def fit_combat(stats: CombatStats, *, parametric: bool = True) -> CombatFit:
                 m2s[i],
                 g_bar=float(gamma_hat[i].mean()),
                 t2=float(gamma_hat[i].var()),
-                a=_aprior(delta_hat[i]),
-                b=_bprior(delta_hat[i]),
+                a=a_prior,
+                b=b_prior,
                 live=live,
                 batch=batch,
             )
@@ -347,7 +353,7 @@ def apply_combat(
     labels = _labels(batch_labels, n)
     index = {b: i for i, b in enumerate(fit.batches)}
     codes, uniques = pd.factorize(labels)
-    unknown = [u for u in uniques if u not in index]
+    unknown = [str(u) for u in uniques if u not in index]
     if unknown:
         msg = (
             f"batch(es) {unknown[:10]} were not in the data ComBat was fitted on "

@@ -101,15 +101,15 @@ class Moments:
         n, p = x.shape
         if n == 0:
             return cls.empty(p)
-        nan = np.isnan(x)
-        if not nan.any():
-            mean = x.mean(axis=0, dtype=np.float64)
+        mean = x.mean(axis=0, dtype=np.float64)
+        if np.isfinite(mean).all():  # no NaN (nor inf): skip the mask
             dev = np.subtract(x, mean, dtype=np.float64)
             return cls(
                 count=np.full(p, n, dtype=np.int64),
                 mean=mean,
                 m2=np.einsum("ij,ij->j", dev, dev),
             )
+        nan = np.isnan(x)
         count = n - nan.sum(axis=0)
         filled = np.where(nan, 0.0, x.astype(np.float64))
         mean = np.divide(filled.sum(axis=0), count, out=np.zeros(p), where=count > 0)

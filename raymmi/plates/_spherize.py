@@ -14,6 +14,11 @@ arXiv:1512.00809), written here in float64 for any number of rows:
    singular values, not the eigenvalues).
 4. ``W_PCA = V diag(sqrt(n_ref - 1) / s)``; ``W_ZCA = W_PCA V^T``. Output ``Z(x) @ W``.
 
+For ZCA with ``n_ref <= n_features`` (a plate's negcon rows), the fill directions share one
+gain, so ``W`` is kept low-rank (``n_features x rank``): fit and apply then cost
+O(n_features * rank) per row instead of O(n_features**2), and no n_features**2 matrix is
+built or broadcast.
+
 PCA components are defined up to sign; here each row of ``V^T`` is flipped so that its
 largest-magnitude entry is positive (pycytominer keeps LAPACK's arbitrary signs). ZCA does not
 depend on signs, nor on the basis chosen for a null space, so it is unique.
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Final
 
@@ -63,7 +69,12 @@ class SpherizeFit:
         float64 array of shape (n_features,) divided next (the reference standard deviations
         for the ``-cor`` methods, else ones).
     weights
-        float64 array of shape (n_features, n_features): the whitening matrix ``W``.
+        float64 array of shape (n_features, n_features): the whitening matrix ``W``; None
+        when ``W`` is stored low-rank (ZCA fitted on no more rows than features).
+    basis, gains, rest
+        The low-rank ``W = rest * I + basis @ diag(gains - rest) @ basis.T``: ``basis`` of
+        shape (n_features, rank), ``gains`` of shape (rank,); apply then costs
+        O(n_rows * n_features * rank) instead of O(n_rows * n_features**2).
     reference_rows
         Rows the transform was fitted on.
     rank
@@ -73,9 +84,28 @@ class SpherizeFit:
     method: str
     center: np.ndarray
     scale: np.ndarray
-    weights: np.ndarray
+    weights: np.ndarray | None
     reference_rows: int
     rank: int
+    basis: np.ndarray | None = None
+    gains: np.ndarray | None = None
+    rest: float = 0.0
+
+    def low_rank(self) -> tuple[np.ndarray, np.ndarray]:
+        """``basis`` and ``gains`` of a low-rank fit (``weights`` is None)."""
+        if self.basis is None or self.gains is None:
+            msg = "this SpherizeFit stores a dense W (weights), not a low-rank one"
+            raise RaymmiError(msg)
+        return self.basis, self.gains
+
+    def matrix(self) -> np.ndarray:
+        """The whitening matrix ``W``, float64 of shape (n_features, n_features)."""
+        if self.weights is not None:
+            return self.weights
+        basis, gains = self.low_rank()
+        w = (basis * (gains - self.rest)) @ basis.T
+        w[np.diag_indices_from(w)] += self.rest
+        return w
 
     @property
     def n_features(self) -> int:
@@ -117,7 +147,7 @@ def fit_spherize(
     if method not in SPHERIZE_METHODS:
         msg = f"spherize method={method!r} is not one of {list(SPHERIZE_METHODS)}"
         raise RaymmiError(msg)
-    if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon >= 0):
+    if not (isinstance(epsilon, numbers.Real) and math.isfinite(epsilon) and epsilon >= 0):
         msg = f"epsilon={epsilon!r} must be a finite number >= 0 (pycytominer's default: 1e-6)"
         raise RaymmiError(msg)
     cor = method.endswith("-cor")
@@ -155,9 +185,11 @@ def fit_spherize(
     z -= mean
     z /= scale
 
-    # Full V only when n < d: the economy SVD then lacks a basis of the null space, which
-    # PCA needs for its last n_features - n components.
-    _, s, vt = np.linalg.svd(z, full_matrices=n < d)
+    pca = method.startswith("PCA")
+    # PCA with n < d needs a basis of the null space for its last components (full V); ZCA
+    # never does: there the n_features - rank fill directions share one gain, so
+    # W = rest * I + V_r diag(gains - rest) V_r^T, stored low-rank (d x rank, not d x d).
+    _, s, vt = np.linalg.svd(z, full_matrices=pca and n < d)
     tol = s.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
     rank = int((s > tol).sum())
     if rank == 0:
@@ -177,15 +209,28 @@ def fit_spherize(
             "select)"
         )
         raise RaymmiError(msg)
+    root = math.sqrt(n - 1)
+    if n <= d and not pca:
+        basis = vt[:rank].T
+        return SpherizeFit(
+            method=method,
+            center=np.asarray(mean, dtype=np.float64),
+            scale=scale,
+            weights=None,
+            basis=basis,
+            gains=root / (s[:rank] + epsilon),
+            rest=root / (s[rank - 1] + epsilon),
+            reference_rows=n,
+            rank=rank,
+        )
     if n <= d:
         s = np.concatenate([s[:rank], np.repeat(s[rank - 1], d - rank)])
     s = s + epsilon
-
     flip = np.sign(vt[np.arange(d), np.abs(vt).argmax(axis=1)])
     flip[flip == 0] = 1.0
     vt *= flip[:, None]
-    weights = vt.T * (math.sqrt(n - 1) / s)
-    if method.startswith("ZCA"):
+    weights = vt.T * (root / s)
+    if not pca:
         weights = weights @ vt
     return SpherizeFit(
         method=method,
@@ -223,7 +268,14 @@ def apply_spherize(x: np.ndarray, fit: SpherizeFit) -> np.ndarray:
     for i in range(0, n, step):
         block = np.subtract(x[i : i + step], fit.center, dtype=np.float64)
         block /= fit.scale
-        out[i : i + step] = block @ fit.weights
+        if fit.weights is not None:
+            out[i : i + step] = block @ fit.weights
+        else:
+            basis, gains = fit.low_rank()
+            low = (block @ basis) * (gains - fit.rest)
+            block *= fit.rest
+            block += low @ basis.T
+            out[i : i + step] = block
     return out
 
 

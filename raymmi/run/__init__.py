@@ -3,6 +3,7 @@
 from raymmi.run._cells import generate_cells, ingest_cells
 from raymmi.run._datasets import read_dataset
 from raymmi.run._export import export
+from raymmi.run._normalize import normalize
 from raymmi.run._plates import generate_plates, ingest_plates
 from raymmi.run._runtime import gather, init_ray
 
@@ -14,5 +15,6 @@ __all__ = [
     "ingest_cells",
     "ingest_plates",
     "init_ray",
+    "normalize",
     "read_dataset",
 ]

@@ -88,6 +88,14 @@ def test_whitens_the_reference(method: str) -> None:
     assert names[0] == ("PC1" if method.startswith("PCA") else "f0")
 
 
+def test_zca_low_rank_equals_dense_matrix() -> None:
+    x, negcon = _plate(300)  # 32 reference rows: W is stored low-rank
+    fit = plates.fit_spherize(x[negcon], method="ZCA", epsilon=1e-6)
+    assert fit.weights is None and fit.basis is not None and fit.basis.shape == (300, 31)
+    dense = ((x.astype(np.float64) - fit.center) / fit.scale) @ fit.matrix()
+    np.testing.assert_allclose(plates.apply_spherize(x, fit), dense, rtol=1e-6, atol=1e-6)
+
+
 def test_pca_sign_convention() -> None:
     x, _ = _plate(20)
     fit = plates.fit_spherize(x, method="PCA", epsilon=0.0)
@@ -110,7 +118,8 @@ def test_errors() -> None:
         plates.fit_spherize(x[negcon], method="ZCA", epsilon=0.0)
     with pytest.raises(RaymmiError, match="ZCA-cor with epsilon"):
         plates.fit_spherize(x[negcon], method="PCA", epsilon=0.0)
-    dependent = np.column_stack([x[:, :10], x[:, :1] + x[:, 1:2]])
+    x64 = x.astype(np.float64)
+    dependent = np.column_stack([x64[:, :10], x64[:, :1] + x64[:, 1:2]])
     with pytest.raises(RaymmiError, match="linearly dependent"):
         plates.fit_spherize(dependent, method="ZCA", epsilon=0.0)
     plates.fit_spherize(dependent, method="ZCA", epsilon=1e-6)  # regularized: allowed
@@ -120,7 +129,7 @@ def test_errors() -> None:
         plates.fit_spherize(constant, method="ZCA-cor")
     with_nan = x[:, :5].copy()
     with_nan[3, 1] = np.nan
-    with pytest.raises(RaymmiError, match="NaN.*--ops na"):
+    with pytest.raises(RaymmiError, match=r"NaN.*--ops na"):
         plates.fit_spherize(with_nan, method="ZCA")
     with pytest.raises(RaymmiError, match="'whiten' is not one of"):
         plates.fit_spherize(x, method="whiten")
