@@ -35,10 +35,12 @@ from raymmi.run import ingest_plates, init_ray
 
 
 def _make_source(path: Path, n_plates: int, n_features: int) -> int:
+    """One float64 Parquet table of generated plates, in row groups of about 64k rows."""
     spec = testing.PlateSetSpec(
         n_plates=n_plates, n_features=n_features, n_batches=min(2, n_plates), seed=0
     )
     writer = None
+    pending: list[pa.Table] = []
     rows = 0
     for i in range(n_plates):
         table = pa.Table.from_pandas(testing.generate_plate(spec, i), preserve_index=False)
@@ -51,9 +53,12 @@ def _make_source(path: Path, n_plates: int, n_features: int) -> int:
                 ]
             )
         )
-        writer = writer or pq.ParquetWriter(path, table.schema)
-        writer.write_table(table)
+        pending.append(table)
         rows += table.num_rows
+        if sum(t.num_rows for t in pending) >= 65_536 or i == n_plates - 1:
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(pa.concat_tables(pending))
+            pending = []
     if writer is not None:
         writer.close()
     return rows
@@ -115,14 +120,17 @@ class _PeakSampler:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plates", type=int, default=10, help="plates at the small size")
+    parser.add_argument("--plates", type=int, default=100, help="plates at the small size")
     parser.add_argument("--features", type=int, default=300)
     parser.add_argument("--smoke-test", action="store_true", help="2 and 20 plates, 30 features")
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.plates, args.features = 2, 30
     init_ray(RayConfig())
-    pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+    # a fresh process per baseline measurement, so its peak memory is its own
+    pool = cf.ProcessPoolExecutor(
+        max_workers=1, mp_context=mp.get_context("spawn"), max_tasks_per_child=1
+    )
     rows_out = []
     with tempfile.TemporaryDirectory(prefix="raymmi-bench-") as tmp:
         root = Path(tmp)
@@ -134,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             src = root / f"src_{n_plates}.parquet"
             rows = _make_source(src, n_plates, args.features)
             mb = src.stat().st_size / 2**20
-            # a fresh process per baseline, so its peak memory is its own
             t_pa, m_pa = pool.submit(
                 _pyarrow_copy, str(src), str(root / "pa.parquet"), False
             ).result()

@@ -201,7 +201,10 @@ def iter_source_tables(
     try:
         if kind == "parquet":
             with fs.open_input_file(path) as f:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                # pre_buffer=False: with it, the reader kept every row group it had read
+                # (memory grew with the file: 177 MB at 55 MB of input, 812 MB at 544 MB)
+                reader = pq.ParquetFile(f, pre_buffer=False)
+                for batch in reader.iter_batches(batch_size=batch_rows):
                     yield pa.Table.from_batches([batch])
             return
         types = {name: pa.float64() for name in features}
