@@ -17,17 +17,15 @@ and the peak memory above idle: of the pyarrow process, and of all Ray worker pr
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import multiprocessing as mp
 import resource
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _benchlib import PeakSampler, fresh_process_pool
 
 from raymmi import testing
 from raymmi.config import IngestPlatesConfig, RayConfig, TrackingConfig
@@ -78,46 +76,6 @@ def _pyarrow_copy(src: str, dst: str, partition: bool) -> tuple[float, float]:
     return seconds, (peak - before) / 1024
 
 
-def _worker_rss() -> int:
-    import psutil
-
-    total = 0
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        try:
-            name = proc.info["name"] or ""
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if name.startswith("ray::") or "default_worker.py" in cmd:
-                total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
-
-
-class _PeakSampler:
-    def __init__(self) -> None:
-        self.idle = _worker_rss()
-        self.peak = self.idle
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _worker_rss())
-            time.sleep(0.02)
-
-    def __enter__(self) -> _PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mib(self) -> float:
-        return (self.peak - self.idle) / 2**20
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plates", type=int, default=100, help="plates at the small size")
@@ -127,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_test:
         args.plates, args.features = 2, 30
     init_ray(RayConfig())
-    # a fresh process per baseline measurement, so its peak memory is its own
-    pool = cf.ProcessPoolExecutor(
-        max_workers=1, mp_context=mp.get_context("spawn"), max_tasks_per_child=1
-    )
+    pool = fresh_process_pool()
     rows_out = []
     with tempfile.TemporaryDirectory(prefix="raymmi-bench-") as tmp:
         root = Path(tmp)
@@ -149,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 _pyarrow_copy, str(src), str(root / f"pp{n_plates}"), True
             ).result()
             config = IngestPlatesConfig(sources=(str(src),), out=str(root / f"rm{n_plates}"))
-            with _PeakSampler() as sampler:
+            with PeakSampler() as sampler:
                 start = time.perf_counter()
                 ingest_plates(config, tracking=TrackingConfig(enabled=False))
                 t_rm = time.perf_counter() - start

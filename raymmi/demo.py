@@ -11,6 +11,7 @@ from raymmi.config import (
     ExportConfig,
     IngestCellsConfig,
     IngestPlatesConfig,
+    NormalizeConfig,
     RayConfig,
     TrackingConfig,
 )
@@ -107,6 +108,20 @@ def run_demo(
             ),
             **kw,
         )
+
+    for name in [n for n in ("generated plates", "JUMP plates") if n in outputs]:
+        for method in ("standardize", "mad_robustize"):
+            _step(f"normalize {name}: {method} against each plate's negative controls")
+            target = str(root / f"{Path(outputs[name]).name}_{method}")
+            manifest = run.normalize(
+                NormalizeConfig(
+                    source=outputs[name], out=target, method=method, overwrite=True
+                ),
+                **kw,
+            )
+            counts = manifest.extra["fallback_counts"]
+            print(f"fallbacks (see {target}/_fallback_report.csv): {counts or 'none'}")
+            outputs[f"{name} {method}"] = target
 
     _step("export")
     exports = {}
