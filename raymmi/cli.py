@@ -92,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     norm.add_argument("--nonparametric", action="store_true", default=None, help="ComBat")
     _common(norm)
 
+    sel = sub.add_parser("select", help="drop features as pycytominer feature_select would")
+    sel.add_argument("source", nargs="?", help="plates shard set")
+    sel.add_argument("--out", help="output shard set")
+    sel.add_argument(
+        "--ops", help="comma-separated: variance,frequency,correlation,na,blocklist,outliers"
+    )
+    sel.add_argument("--na-cutoff", type=float, help="max NaN fraction (0.05)")
+    sel.add_argument("--min-variance", type=float, help="variance op threshold (1e-6)")
+    sel.add_argument("--freq-cut", type=float, help="frequency op: 2nd/1st count ratio (0.05)")
+    sel.add_argument("--unique-cut", type=float, help="frequency op: unique ratio (0.01)")
+    sel.add_argument("--corr-threshold", type=float, help="correlation op threshold (0.9)")
+    sel.add_argument("--corr-method", help="pearson")
+    sel.add_argument("--outlier-cutoff", type=float, help="max |value| (500)")
+    sel.add_argument("--blocklist", help="file of feature names (default: pycytominer's)")
+    sel.add_argument("--samples", help="'all' or a pandas query choosing the rows")
+    sel.add_argument("--frequency-task-mb", type=int, help="memory of one counting task")
+    _common(sel)
+
     export = sub.add_parser("export", help="shard set to .parquet/.csv (plates) or .h5ad")
     export.add_argument("source", nargs="?", help="shard set directory")
     export.add_argument("--out", help="output file")
@@ -212,6 +230,36 @@ def _normalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _select(args: argparse.Namespace) -> int:
+    from raymmi import run
+    from raymmi.plates import SelectConfig
+
+    names = [
+        "source",
+        "out",
+        "ops",
+        "na_cutoff",
+        "min_variance",
+        "freq_cut",
+        "unique_cut",
+        "corr_threshold",
+        "corr_method",
+        "outlier_cutoff",
+        "blocklist",
+        "samples",
+        "frequency_task_mb",
+        "overwrite",
+    ]
+    config = _settings(SelectConfig, args, {n: getattr(args, n) for n in names}, where="select")
+    manifest = run.select_features(config, ray_config=_ray(args), tracking=_tracking(args))
+    info = manifest.extra["feature_selection"]
+    print(
+        f"kept {info['features_kept']} of {info['features_in']} features "
+        f"(dropped per op: {info['dropped_per_op']}) in {config.out}"
+    )
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from raymmi import run
 
@@ -309,6 +357,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "ingest": _ingest,
     "normalize": _normalize,
+    "select": _select,
     "export": _export,
     "generate": _generate,
     "inspect": _inspect,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from raymmi.config import (
     RayConfig,
     TrackingConfig,
 )
+from raymmi.plates import DEFAULT_OPS, SelectConfig
 from raymmi.track import tracking_uri
 
 CITE = "singlecell/openproblems_bmmc_cite_starter/openproblems_bmmc_cite_starter.output_{}.h5ad"
@@ -114,14 +116,27 @@ def run_demo(
             _step(f"normalize {name}: {method} against each plate's negative controls")
             target = str(root / f"{Path(outputs[name]).name}_{method}")
             manifest = run.normalize(
-                NormalizeConfig(
-                    source=outputs[name], out=target, method=method, overwrite=True
-                ),
+                NormalizeConfig(source=outputs[name], out=target, method=method, overwrite=True),
                 **kw,
             )
             counts = manifest.extra["fallback_counts"]
             print(f"fallbacks (see {target}/_fallback_report.csv): {counts or 'none'}")
             outputs[f"{name} {method}"] = target
+        # the default blocklist ships inside pycytominer (a test extra): without it, skip it
+        ops = tuple(
+            op
+            for op in DEFAULT_OPS
+            if op != "blocklist" or importlib.util.find_spec("pycytominer")
+        )
+        _step(f"select features of {name} (mad_robustize): {', '.join(ops)}")
+        source = outputs[f"{name} mad_robustize"]
+        target = f"{source}_selected"
+        manifest = run.select_features(
+            SelectConfig(source=source, out=target, ops=ops, overwrite=True), **kw
+        )
+        info = manifest.extra["feature_selection"]
+        print(f"kept {info['features_kept']} of {info['features_in']} features")
+        outputs[f"{name} selected"] = target
 
     _step("export")
     exports = {}
@@ -135,7 +150,7 @@ def run_demo(
     uri = tracking_uri(tracking)
     print(f"\nraymmi demo finished in {time.perf_counter() - started:.0f} s. Outputs:")
     for name, path in outputs.items():
-        print(f"  {name:28s} {path}")
+        print(f"  {name:38s} {path}")
     if tracking is None or tracking.enabled:
         print(f"\nMLflow runs: {uri} (experiment {(tracking or TrackingConfig()).experiment!r})")
         print(f"Open the UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")

@@ -72,7 +72,8 @@ class Run:
             path = Path(tmp) / name
             path.parent.mkdir(parents=True, exist_ok=True)
             frame.to_csv(path, index=False)
-            self._mlflow.log_artifact(str(path), str(Path(name).parent) or None)
+            folder = str(Path(name).parent)
+            self._mlflow.log_artifact(str(path), None if folder == "." else folder)
 
     def log_figure(self, figure: Any, name: str) -> None:
         """Store a matplotlib figure as an image artifact."""

@@ -68,3 +68,19 @@ def test_failed_command_leaves_a_failed_run(tmp_path):
     exp = client.get_experiment_by_name(experiment)
     [run] = client.search_runs([exp.experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_normalize_run_has_its_fallback_report(tmp_path):
+    from raymmi import testing
+    from raymmi.run import generate_plates
+
+    spec = testing.PlateSetSpec(n_plates=2, n_features=12, wells_per_plate=96, n_batches=2)
+    generate_plates(spec, out=str(tmp_path / "p"), tracking=TrackingConfig(enabled=False))
+    argv = ["normalize", str(tmp_path / "p"), "--out", str(tmp_path / "n")]
+    assert main([*argv, "--experiment", "track-normalize", "--num-cpus", "2"]) == 0
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("track-normalize")
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert "fallback_report.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert run.data.metrics["fallback_unnormalized"] == len(testing.planted_zero_spread(spec))

@@ -6,6 +6,7 @@ from raymmi.run._export import export
 from raymmi.run._normalize import normalize
 from raymmi.run._plates import generate_plates, ingest_plates
 from raymmi.run._runtime import gather, init_ray
+from raymmi.run._select import select_features
 
 __all__ = [
     "export",
@@ -17,4 +18,5 @@ __all__ = [
     "init_ray",
     "normalize",
     "read_dataset",
+    "select_features",
 ]

@@ -69,7 +69,7 @@ def select_features(
         The committed output: same files (paths, plates, rows) and metadata, ``features`` =
         the kept ones, ``extra["feature_selection"]`` = counts per operation. The output
         directory also holds ``_feature_selection.csv`` (feature, op, reason, kept), logged to
-        MLflow as ``feature_selection.csv``.
+        MLflow as ``select/feature_selection.csv``.
 
     Raises
     ------
@@ -143,7 +143,7 @@ def select_features(
                 },
             )
         )
-        run.log_table(report, "feature_selection.csv")
+        run.log_table(report, "select/feature_selection.csv")
         run.log_shard_set(config.out, manifest.to_dict(), context="output")
         seconds = time.perf_counter() - started
         run.log_metrics(
@@ -321,14 +321,25 @@ def _stats_task(
     samples: str,
     correlation: bool,
 ) -> FeatureStats:
-    merged: FeatureStats | None = None
+    # Rows of small files are pooled up to one batch: the co-moment product costs
+    # rows x features^2 and each merge features^2, so tiny blocks would be all merges.
+    batch_rows = max(_MIN_BATCH_ROWS, _BATCH_VALUES // max(1, len(features)))
+    merged = FeatureStats.of(np.empty((0, len(features)), np.float32), correlation=correlation)
+    pending: list[np.ndarray] = []
+    rows = 0
     for relpath in relpaths:
         for values in _iter_values(root, relpath, features, metadata, samples):
-            part = FeatureStats.of(values, correlation=correlation, features=features)
-            merged = part if merged is None else merged.merge(part)
-    if merged is None:  # files without row groups
-        empty = np.empty((0, len(features)), dtype=np.float32)
-        merged = FeatureStats.of(empty, correlation=correlation)
+            pending.append(values)
+            rows += len(values)
+            if rows >= batch_rows:
+                block = np.concatenate(pending)
+                merged = merged.merge(
+                    FeatureStats.of(block, correlation=correlation, features=features)
+                )
+                pending, rows = [], 0
+    if pending:
+        block = np.concatenate(pending)
+        merged = merged.merge(FeatureStats.of(block, correlation=correlation, features=features))
     return merged
 
 
@@ -357,7 +368,8 @@ def _write_file(root: str, entry: FileEntry, staging: str, columns: list[str]) -
     fs, base = resolve(root)
     with fs.open_input_file(posixpath.join(base, entry.path)) as f:
         reader = pq.ParquetFile(f)
-        schema = pa.schema([reader.schema_arrow.field(name) for name in columns])
+        full = reader.schema_arrow  # a property that rebuilds the schema on every access
+        schema = pa.schema([full.field(name) for name in columns])
         batch_rows = max(_MIN_BATCH_ROWS, _BATCH_VALUES // max(1, len(columns)))
         with PartWriter(staging, entry.path, schema, plate=entry.plate) as part:
             for batch in reader.iter_batches(batch_size=batch_rows, columns=columns):
