@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     norm.add_argument("--nonparametric", action="store_true", default=None, help="ComBat")
     _common(norm)
 
+    pre = sub.add_parser("preprocess", help="out-of-core single-cell preprocessing")
+    pre_sub = pre.add_subparsers(dest="kind", required=True)
+    pc = pre_sub.add_parser("cells", help="RNA (QC, normalize, HVG, scale, PCA), ATAC, ADT")
+    pc.add_argument("source", help="cells shard set")
+    pc.add_argument("--out", required=True, help="output shard set")
+    _common(pc)
+
     sel = sub.add_parser("select", help="drop features as pycytominer feature_select would")
     sel.add_argument("source", nargs="?", help="plates shard set")
     sel.add_argument("--out", help="output shard set")
@@ -230,6 +237,24 @@ def _normalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preprocess(args: argparse.Namespace) -> int:
+    from raymmi import run
+    from raymmi.cells import PreprocessCellsConfig
+
+    config = _settings(PreprocessCellsConfig, args, {}, where="preprocess cells")
+    manifest = run.preprocess_cells(
+        config,
+        source=args.source,
+        out=args.out,
+        overwrite=bool(args.overwrite),
+        ray_config=_ray(args),
+        tracking=_tracking(args),
+    )
+    mods = ", ".join(f"{m.name} ({len(m.features)})" for m in manifest.modalities)
+    print(f"wrote {manifest.num_rows} cells with {mods} to {args.out}")
+    return 0
+
+
 def _select(args: argparse.Namespace) -> int:
     from raymmi import run
     from raymmi.plates import SelectConfig
@@ -358,6 +383,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ingest": _ingest,
     "normalize": _normalize,
     "select": _select,
+    "preprocess": _preprocess,
     "export": _export,
     "generate": _generate,
     "inspect": _inspect,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raymmi import run, testing
+from raymmi.cells import PreprocessCellsConfig
 from raymmi.config import (
     ExportConfig,
     IngestCellsConfig,
@@ -56,17 +57,18 @@ def run_demo(
     outputs["generated plates"] = str(root / "plates_generated")
     run.generate_plates(plates, out=outputs["generated plates"], overwrite=True, **kw)
 
-    _step("generate cells (multiome: RNA counts + ATAC peaks)")
-    cells = testing.CellSetSpec(
-        n_cells=2_000 if small else 20_000,
-        kind="multiome",
-        n_genes=500 if small else 2_000,
-        n_peaks=1_000 if small else 5_000,
-        chunk_size=1_000 if small else 5_000,
-        seed=0,
-    )
-    outputs["generated cells"] = str(root / "cells_generated")
-    run.generate_cells(cells, out=outputs["generated cells"], overwrite=True, **kw)
+    for kind, what in (("multiome", "RNA counts + ATAC peaks"), ("cite", "RNA + ADT counts")):
+        _step(f"generate cells ({kind}: {what})")
+        cells = testing.CellSetSpec(
+            n_cells=2_000 if small else 20_000,
+            kind=kind,  # type: ignore[arg-type]
+            n_genes=500 if small else 2_000,
+            n_peaks=1_000 if small else 5_000,
+            chunk_size=1_000 if small else 5_000,
+            seed=0,
+        )
+        outputs[f"generated {kind} cells"] = str(root / f"cells_{kind}_generated")
+        run.generate_cells(cells, out=outputs[f"generated {kind} cells"], overwrite=True, **kw)
 
     real: list[tuple[str, str, str | None, Literal["median", "mean"] | None]] = [
         ("JUMP plates", "cellpainting/jump_8plates_3features.parquet", None, None),
@@ -138,10 +140,24 @@ def run_demo(
         print(f"kept {info['features_kept']} of {info['features_in']} features")
         outputs[f"{name} selected"] = target
 
+    for name in [n for n in list(outputs) if n.endswith("cells")]:
+        _step(
+            f"preprocess {name}: QC, normalize_total, log1p, HVG, scale, PCA / TF-IDF, LSI / CLR"
+        )
+        target = f"{outputs[name]}_preprocessed"
+        manifest = run.preprocess_cells(
+            PreprocessCellsConfig(), source=outputs[name], out=target, overwrite=True, **kw
+        )
+        mods = ", ".join(f"{m.name} ({len(m.features)})" for m in manifest.modalities)
+        print(f"{manifest.num_rows} cells kept; columns: {mods}")
+        outputs[f"{name} preprocessed"] = target
+
     _step("export")
     exports = {}
     for name, path in outputs.items():
         suffix = ".h5ad" if "cells" in name else ".parquet"
+        if "cells" in name and "preprocessed" not in name and f"{name} preprocessed" in outputs:
+            continue  # the preprocessed set carries the raw counts too
         target = str(root / "exports" / f"{Path(path).name}{suffix}")
         run.export(ExportConfig(source=path, out=target, overwrite=True), tracking=tracking)
         exports[f"{name} export"] = target

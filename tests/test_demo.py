@@ -16,12 +16,10 @@ def test_demo_small(tmp_path, capsys):
     assert main(["demo", "--small", "--out", str(out), "--experiment", "demo-test"]) == 0
     text = capsys.readouterr().out
     assert "mlflow ui --backend-store-uri" in text and str(out) in text
-    for name in ["plates_generated", "cells_generated"]:
+    for name in ["plates_generated", "cells_multiome_generated_preprocessed"]:
         assert open_shard_set(str(out / name)).manifest.num_rows > 0
     assert (out / "exports" / "plates_generated.parquet").exists()
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("demo-test")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) >= 4 and all(r.info.status == "FINISHED" for r in runs)
-    # the demo is idempotent: a second run replaces its outputs
-    assert main(["demo", "--small", "--out", str(out), "--no-track"]) == 0

@@ -2,13 +2,16 @@
 
 from raymmi.run._cells import generate_cells, ingest_cells
 from raymmi.run._datasets import read_dataset
+from raymmi.run._evaluate import evaluate_plates
 from raymmi.run._export import export
 from raymmi.run._normalize import normalize
 from raymmi.run._plates import generate_plates, ingest_plates
+from raymmi.run._preprocess import preprocess_cells
 from raymmi.run._runtime import gather, init_ray
 from raymmi.run._select import select_features
 
 __all__ = [
+    "evaluate_plates",
     "export",
     "gather",
     "generate_cells",
@@ -17,6 +20,7 @@ __all__ = [
     "ingest_plates",
     "init_ray",
     "normalize",
+    "preprocess_cells",
     "read_dataset",
     "select_features",
 ]

@@ -1,0 +1,257 @@
+"""Matplotlib figures that practitioners draw by hand: plate heatmaps, UMAPs, outlier scores.
+
+Every function returns a :class:`matplotlib.figure.Figure` built with the Agg backend (no
+display needed) and saves nothing: the caller logs it (``Run.log_figure``) or writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy.cluster.hierarchy import leaves_list, linkage
+
+_CMAP_DIVERGING = "RdBu_r"
+
+
+def _figure(width: float, height: float) -> Figure:
+    # Figure() without pyplot: no global state, no GUI backend, safe in threads and workers.
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _colors(labels: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    from matplotlib import colormaps
+
+    unique = list(dict.fromkeys(str(v) for v in labels))
+    cmap = colormaps["tab10" if len(unique) <= 10 else "tab20"]
+    return {u: cmap(i % cmap.N) for i, u in enumerate(unique)}
+
+
+def plate_heatmap(
+    corr: pd.DataFrame,
+    *,
+    batch: pd.Series | None = None,
+    order: str = "plate",
+    title: str = "",
+) -> Figure:
+    """Heatmap of a plate x plate correlation matrix.
+
+    Parameters
+    ----------
+    corr
+        Correlation matrix of shape (n_plates, n_plates), index/columns = plate ids.
+    batch
+        Batch per plate (index = plate ids); drawn as a colour strip and used by
+        ``order="batch"``.
+    order
+        ``"plate"``: sorted by plate id. ``"batch"``: by batch, then plate id.
+    title
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if order not in ("plate", "batch"):
+        msg = f"order={order!r} is not one of ['batch', 'plate']"
+        raise ValueError(msg)
+    plates = sorted(corr.index.astype(str))
+    if order == "batch":
+        if batch is None:
+            msg = "order='batch' needs batch (one batch per plate); pass batch= or order='plate'"
+            raise ValueError(msg)
+        plates = sorted(plates, key=lambda p: (str(batch.get(p, "")), p))
+    m = corr.loc[plates, plates].to_numpy(dtype=np.float64)
+    n = len(plates)
+    size = min(12.0, 3.0 + 0.18 * n)
+    fig = _figure(size + 1.2, size)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(m, cmap=_CMAP_DIVERGING, vmin=-1, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="Pearson r of negcon medians")
+    ticks = np.arange(n) if n <= 60 else np.arange(0, n, max(1, n // 30))
+    ax.set_xticks(ticks, [plates[i] for i in ticks], rotation=90, fontsize=6)
+    ax.set_yticks(ticks, [plates[i] for i in ticks], fontsize=6)
+    if batch is not None:
+        colors = _colors([str(batch.get(p, "")) for p in sorted(plates)])
+        strip = np.array([[colors[str(batch.get(p, ""))] for p in plates]])
+        height = max(0.6, n / 30)
+        ax.imshow(strip, extent=(-0.5, n - 0.5, n - 0.5 + height, n - 0.5), aspect="auto")
+        ax.set_ylim(n - 0.5 + height, -0.5)
+        ax.set_xlim(-0.5, n - 0.5)
+    ax.set_title(title or f"plate correlation, ordered by {order}")
+    return fig
+
+
+def umap_grid(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    title: str = "",
+) -> Figure:
+    """UMAP grid: one row per shard set; negcon wells by batch, treated wells over negcon.
+
+    Parameters
+    ----------
+    panels
+        Shard-set name → ``(coords, batch, negcon)``: UMAP coordinates of shape (n, 2), batch
+        per row (n,), negcon flag per row (n,).
+    title
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = _figure(10.0, 4.2 * max(1, len(panels)))
+    axes = fig.subplots(max(1, len(panels)), 2, squeeze=False)
+    for row, (name, (coords, batch, negcon)) in enumerate(panels.items()):
+        coords = np.asarray(coords)
+        batch = np.asarray(batch).astype(str)
+        negcon = np.asarray(negcon, dtype=bool)
+        colors = _colors(sorted(np.unique(batch)))
+        left, right = axes[row]
+        for b, color in colors.items():
+            sel = negcon & (batch == b)
+            left.scatter(*coords[sel].T, s=6, color=color, label=b, alpha=0.8, linewidths=0)
+        left.set_title(f"{name}: negcon wells by batch ({int(negcon.sum())})", fontsize=9)
+        if len(colors) <= 12:
+            left.legend(fontsize=7, markerscale=2, loc="best")
+        right.scatter(*coords[negcon].T, s=5, color="0.8", label="negcon", linewidths=0)
+        for b, color in colors.items():
+            sel = ~negcon & (batch == b)
+            right.scatter(*coords[sel].T, s=6, color=color, label=b, alpha=0.8, linewidths=0)
+        right.set_title(f"{name}: treated ({int((~negcon).sum())}) over negcon", fontsize=9)
+        for ax in (left, right):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def outlier_plot(
+    negcon_points: np.ndarray,
+    treated_points: np.ndarray,
+    treated_scores: np.ndarray,
+    negcon_scores: np.ndarray,
+    *,
+    threshold: float | None = None,
+    title: str = "",
+) -> Figure:
+    """GMM outlier scores: the 2-D embedding, and score histograms of negcon vs treated.
+
+    Parameters
+    ----------
+    negcon_points, treated_points
+        Embedded wells, shapes (n_negcon, 2) and (n_treated, 2) (a sample is enough).
+    treated_scores, negcon_scores
+        Log-likelihood per well under the negcon mixture, shapes (n_treated,), (n_negcon,).
+    threshold
+        Score cut-off to draw (e.g. the negcon 1st percentile).
+    title
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = _figure(11.0, 4.5)
+    left, right = fig.subplots(1, 2)
+    left.scatter(*np.asarray(negcon_points).T, s=6, color="0.6", label="negcon", linewidths=0)
+    sc = left.scatter(
+        *np.asarray(treated_points).T,
+        s=6,
+        c=np.asarray(treated_scores),
+        cmap="viridis",
+        label="treated",
+        linewidths=0,
+    )
+    fig.colorbar(sc, ax=left, label="log-likelihood")
+    left.set_xlabel("PC1 (negcon)")
+    left.set_ylabel("PC2 (negcon)")
+    left.legend(fontsize=7)
+    finite_t = np.asarray(treated_scores)[np.isfinite(treated_scores)]
+    finite_n = np.asarray(negcon_scores)[np.isfinite(negcon_scores)]
+    both = np.concatenate([finite_t, finite_n])
+    low = np.percentile(both, 0.5) if both.size else 0.0
+    bins = np.linspace(low, both.max() if both.size else 1.0, 60)
+    right.hist(np.clip(finite_n, low, None), bins=bins, alpha=0.6, density=True, label="negcon")
+    right.hist(np.clip(finite_t, low, None), bins=bins, alpha=0.6, density=True, label="treated")
+    if threshold is not None:
+        right.axvline(threshold, color="k", linestyle="--", label="negcon 1st percentile")
+    right.set_xlabel("log-likelihood under the negcon GMM (clipped at 0.5th percentile)")
+    right.legend(fontsize=7)
+    fig.suptitle(title or "GMM outlier scores")
+    return fig
+
+
+def feature_heatmap(
+    x: np.ndarray,
+    features: Sequence[str],
+    *,
+    row_groups: Sequence[str] | None = None,
+    max_features: int = 200,
+    clip: float = 3.0,
+    title: str = "",
+) -> Figure:
+    """Heatmap of sampled wells x features, features hierarchically clustered.
+
+    Each feature is z-scored over the rows shown and clipped at ``±clip``; features are ordered
+    by average-linkage clustering on correlation distance; the ``max_features`` most variable
+    (before z-scoring, by coefficient of variation) are kept.
+
+    Parameters
+    ----------
+    x
+        Sampled profiles, shape (n_wells, n_features).
+    features
+        Feature names, length n_features.
+    row_groups
+        Label per row (e.g. batch); rows are sorted by it and its boundaries drawn.
+    max_features, clip, title
+        See above.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64))
+    features = list(features)
+    order_rows = np.arange(len(x))
+    groups = None
+    if row_groups is not None:
+        groups = np.asarray(row_groups).astype(str)
+        order_rows = np.argsort(groups, kind="stable")
+        groups = groups[order_rows]
+    x = x[order_rows]
+    sd = x.std(axis=0)
+    spread = sd / (np.abs(x.mean(axis=0)) + sd + 1e-12)
+    keep = np.flatnonzero(sd > 0)
+    keep = keep[np.argsort(-spread[keep], kind="stable")[:max_features]]
+    z = (x[:, keep] - x[:, keep].mean(axis=0)) / sd[keep]
+    if len(keep) > 2:
+        cols = leaves_list(linkage(z.T, method="average", metric="correlation"))
+        keep, z = keep[cols], z[:, cols]
+    fig = _figure(12.0, 7.0)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(
+        np.clip(z, -clip, clip),
+        aspect="auto",
+        cmap=_CMAP_DIVERGING,
+        vmin=-clip,
+        vmax=clip,
+        interpolation="nearest",
+    )
+    fig.colorbar(image, ax=ax, label="z-score over shown wells")
+    if groups is not None:
+        edges = np.flatnonzero(groups[1:] != groups[:-1]) + 0.5
+        for e in edges:
+            ax.axhline(e, color="k", linewidth=0.8)
+        starts = np.concatenate([[0], np.ceil(edges).astype(int)])
+        ax.set_yticks(starts, groups[starts], fontsize=7)
+    ax.set_xlabel(f"{len(keep)} features (hierarchically clustered)")
+    if len(keep) <= 60:
+        ax.set_xticks(np.arange(len(keep)), [features[i] for i in keep], rotation=90, fontsize=5)
+    ax.set_title(title or f"feature heatmap, {len(x)} sampled wells")
+    return fig
