@@ -139,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 else None
             )
             rows.append((wells, gib, floor, pcm, ours, combat, scanpy))
+            _print(rows[-1:], args.features)  # each size as soon as it is measured
             for name in ("floor", "pcm", "norm", "combat"):
                 os.system(f"rm -rf {root / f'{name}{k}'}")  # keep the disk footprint to one size
+    print("\nall sizes:")
     _print(rows, args.features)
     return 0
 

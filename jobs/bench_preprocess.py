@@ -12,11 +12,12 @@ genes), ``scale`` (``max_value=10``), ``pca`` (50 components).
   (``load s``), then the scanpy calls run (``scanpy s``); peak RSS is that process's maximum
   resident set above its level after imports (data + pipeline). Skipped at the largest size.
 * ``raymmi``: ``raymmi.run.preprocess_cells`` on the already-started local Ray, reading the
-  shard set and writing the output shard set (raw counts, scaled HVGs, PCs); peak RSS is the
-  growth of the driver plus all Ray workers' resident memory above idle, sampled every 50 ms.
+  shard set and writing the output shard set (raw counts, scaled HVGs, PCs); peak RSS is that
+  of this driver plus its own Ray processes (raylet, workers), sampled every 50 ms, above their
+  level after a tiny warm-up run (imports done); CPU seconds are theirs, summed.
 
-The table's ``ratio`` is raymmi time / (scanpy load + scanpy) time and raymmi peak RSS /
-scanpy peak RSS.
+Ratios are raymmi / scanpy: wall time (scanpy: load + pipeline), CPU seconds (user + system,
+less sensitive than wall time to other load on the machine) and peak RSS growth.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def _config(n_top: int, n_comps: int) -> PreprocessCellsConfig:
     )
 
 
-def _scanpy(uri: str, n_top: int, n_comps: int) -> tuple[float, float, float, int]:
-    """Run in a fresh process: load seconds, scanpy seconds, peak RSS MiB, HVGs."""
+def _scanpy(uri: str, n_top: int, n_comps: int) -> tuple[float, float, float, float]:
+    """Run in a fresh process: load s, scanpy s, peak RSS growth MiB, CPU s (load + scanpy)."""
     import warnings
 
     import anndata as ad
@@ -79,6 +80,8 @@ def _scanpy(uri: str, n_top: int, n_comps: int) -> tuple[float, float, float, in
 
     warnings.simplefilter("ignore")
     idle = _rss_mib()
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage0.ru_utime + usage0.ru_stime
     start = time.perf_counter()
     shard = open_shard_set(uri)
     n_genes = len(shard.manifest.modality("rna").features)
@@ -98,47 +101,72 @@ def _scanpy(uri: str, n_top: int, n_comps: int) -> tuple[float, float, float, in
     sc.pp.scale(adata, max_value=10)
     sc.pp.pca(adata, n_comps=n_comps)
     done = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return loaded - start, done - loaded, peak - idle, int(adata.n_vars)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu0
+    return loaded - start, done - loaded, usage.ru_maxrss / 1024 - idle, cpu
 
 
 def _rss_mib() -> float:
-    import os
+    import psutil  # shipped inside ray (ray/thirdparty_files): importable once ray is
 
-    import psutil
-
-    return psutil.Process(os.getpid()).memory_info().rss / 2**20
-
-
-def _ray_rss() -> int:
-    import os
-
-    import psutil
-
-    total = psutil.Process(os.getpid()).memory_info().rss
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        try:
-            name = proc.info["name"] or ""
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if name.startswith("ray::") or "default_worker.py" in cmd:
-                total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
+    return psutil.Process().memory_info().rss / 2**20
 
 
 class _PeakSampler:
-    """Peak of driver + Ray worker RSS above the idle level, sampled every 50 ms."""
+    """Peak RSS and CPU seconds of this driver and its local Ray, sampled every 50 ms.
 
-    def __init__(self) -> None:
-        self.idle = _ray_rss()
-        self.peak = self.idle
+    Only this process and its descendants (the raylet, its workers and agents) count: other
+    Ray instances on the same machine are not ours. The peak is reported above ``baseline``
+    (the tree after a tiny warm-up run: imports done, as scanpy's level after imports): workers
+    keep memory they once touched, so the level before each run would hide a later peak.
+    """
+
+    def __init__(self, *, baseline: int | None = None) -> None:
+        import psutil  # shipped inside ray (ray/thirdparty_files): importable once ray is
+
+        self._error = psutil.Error
+        self._me = psutil.Process()
+        self._cpu_start = self._cpu()
+        self._cpu_last = dict(self._cpu_start)
+        self.idle = self._rss() if baseline is None else baseline
+        self.peak = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _tree(self) -> list:
+        tree = [self._me]
+        for proc in self._me.children(recursive=True):
+            try:
+                # the scanpy process pool is ours too, but not raymmi's
+                if not any("multiprocessing" in part for part in proc.cmdline()):
+                    tree.append(proc)
+            except self._error:
+                continue
+        return tree
+
+    def _rss(self) -> int:
+        total = 0
+        for proc in self._tree():
+            try:
+                total += proc.memory_info().rss
+            except self._error:  # a worker may exit between listing and reading
+                continue
+        return total
+
+    def _cpu(self) -> dict[int, float]:
+        out = {}
+        for proc in self._tree():
+            try:
+                times = proc.cpu_times()
+                out[proc.pid] = times.user + times.system
+            except self._error:
+                continue
+        return out
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _ray_rss())
+            self.peak = max(self.peak, self._rss())
+            self._cpu_last.update(self._cpu())
             time.sleep(0.05)
 
     def __enter__(self) -> _PeakSampler:
@@ -148,37 +176,46 @@ class _PeakSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._cpu_last.update(self._cpu())
 
     @property
     def growth_mib(self) -> float:
         return (self.peak - self.idle) / 2**20
 
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(t - self._cpu_start.get(pid, 0.0) for pid, t in self._cpu_last.items())
+
 
 HEADER = (
     f"{'cells':>9} {'in GiB':>6} | {'load s':>7} {'scanpy s':>8} {'raymmi s':>8} "
-    f"{'ratio':>6} | {'peak MiB scanpy':>15} {'raymmi':>7} {'ratio':>6} | {'passes':>6}"
+    f"{'ratio':>6} | {'CPU s scanpy':>12} {'raymmi':>7} {'ratio':>6} | "
+    f"{'peak MiB scanpy':>15} {'raymmi':>7} {'ratio':>6} | {'passes':>6}"
 )
 
 
 def _row(
     n: int,
     gib: float,
-    scanpy: tuple[float, float, float, int] | None,
+    scanpy: tuple[float, float, float, float] | None,
     rm_s: float,
+    rm_cpu: float,
     rm_mib: float,
     passes: int,
 ) -> str:
     if scanpy is None:
         sc_cols, ratio, mem, mem_ratio = f"{'-':>7} {'-':>8}", "-", f"{'-':>15}", "-"
+        cpu, cpu_ratio = f"{'-':>12}", "-"
     else:
-        load_s, sc_s, sc_mib, _ = scanpy
+        load_s, sc_s, sc_mib, sc_cpu = scanpy
         sc_cols = f"{load_s:>7.1f} {sc_s:>8.1f}"
         ratio = f"{rm_s / (load_s + sc_s):.2f}"
+        cpu, cpu_ratio = f"{sc_cpu:>12.0f}", f"{rm_cpu / sc_cpu:.2f}"
         mem = f"{sc_mib:>15.0f}"
         mem_ratio = f"{rm_mib / sc_mib:.2f}"
     return (
-        f"{n:>9} {gib:>6.2f} | {sc_cols} {rm_s:>8.1f} {ratio:>6} | {mem} {rm_mib:>7.0f} "
-        f"{mem_ratio:>6} | {passes:>6}"
+        f"{n:>9} {gib:>6.2f} | {sc_cols} {rm_s:>8.1f} {ratio:>6} | {cpu} {rm_cpu:>7.0f} "
+        f"{cpu_ratio:>6} | {mem} {rm_mib:>7.0f} {mem_ratio:>6} | {passes:>6}"
     )
 
 
@@ -208,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = str(root / "warm")
         generate_cells(_spec(200, 200, 200), out=warm, tracking=OFF)
         preprocess_cells(_config(20, 5), source=warm, out=str(root / "warm-out"), tracking=OFF)
+        baseline = _PeakSampler().peak
         for i, n_cells in enumerate(sizes):
             src = str(root / f"in{n_cells}")
             generate_cells(_spec(n_cells, args.genes, args.chunk), out=src, tracking=OFF)
@@ -216,12 +254,14 @@ def main(argv: list[str] | None = None) -> int:
             if i < 2:
                 scanpy = pool.submit(_scanpy, src, n_top, n_comps).result()
             out = str(root / f"out{n_cells}")
-            with _PeakSampler() as sampler:
+            with _PeakSampler(baseline=baseline) as sampler:
                 tick = time.perf_counter()
                 manifest = preprocess_cells(config, source=src, out=out, tracking=OFF)
                 rm_s = time.perf_counter() - tick
             passes = manifest.extra["preprocess"]["passes"]
-            rows.append((n_cells, gib, scanpy, rm_s, sampler.growth_mib, passes))
+            rows.append(
+                (n_cells, gib, scanpy, rm_s, sampler.cpu_seconds, sampler.growth_mib, passes)
+            )
             if i == 0:
                 print(
                     f"\npreprocess: {args.genes} genes, 5,000 UMIs/cell median, "

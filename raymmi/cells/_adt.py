@@ -23,7 +23,6 @@ def clr(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
     numpy.ndarray
         Float32 array of shape (n_cells, n_proteins).
     """
-    dense = x.toarray() if sp.issparse(x) else np.asarray(x)
-    dense = dense.astype(np.float64)
+    dense = (np.asarray(x.toarray()) if not isinstance(x, np.ndarray) else x).astype(np.float64)
     geo = np.exp(np.log1p(dense).mean(axis=1, keepdims=True))
     return np.log1p(dense / geo).astype(np.float32)

@@ -167,12 +167,12 @@ class RnaConfig:
     """RNA steps, in order, and their parameters (a step's section is used only if listed)."""
 
     steps: tuple[str, ...] = DEFAULT_RNA_STEPS
-    filter_cells: FilterCellsConfig = FilterCellsConfig()
-    filter_genes: FilterGenesConfig = FilterGenesConfig()
-    normalize_total: NormalizeTotalConfig = NormalizeTotalConfig()
-    highly_variable_genes: HvgConfig = HvgConfig()
-    scale: ScaleConfig = ScaleConfig()
-    pca: PcaConfig = PcaConfig()
+    filter_cells: FilterCellsConfig = dataclasses.field(default_factory=FilterCellsConfig)
+    filter_genes: FilterGenesConfig = dataclasses.field(default_factory=FilterGenesConfig)
+    normalize_total: NormalizeTotalConfig = dataclasses.field(default_factory=NormalizeTotalConfig)
+    highly_variable_genes: HvgConfig = dataclasses.field(default_factory=HvgConfig)
+    scale: ScaleConfig = dataclasses.field(default_factory=ScaleConfig)
+    pca: PcaConfig = dataclasses.field(default_factory=PcaConfig)
 
     def __post_init__(self) -> None:
         _check_steps("rna", self.steps, RNA_STEPS)
@@ -207,11 +207,11 @@ class RnaConfig:
                     )
                     raise RaymmiError(msg)
             else:
-                for step in ("normalize_total", "log1p"):
-                    if step in position and hvg > position[step]:
+                for later in ("normalize_total", "log1p"):
+                    if later in position and hvg > position[later]:
                         msg = (
                             "rna.steps: highly_variable_genes with flavor 'seurat_v3' expects "
-                            f"raw counts but comes after {step}; move it before normalize_total"
+                            f"raw counts but comes after {later}; move it before normalize_total"
                         )
                         raise RaymmiError(msg)
         if "pca" in position and position["pca"] != len(self.steps) - 1:
@@ -299,8 +299,8 @@ class LsiConfig:
         Components computed (``min(n_comps, peaks)`` as in muon is *not* applied: more
         components than peaks is an error).
     n_iter
-        Passes applying ``A^T A`` in the randomized subspace iteration (each is one pass over
-        the data); the error report is logged as ``lsi_max_rel_residual``.
+        Passes of the randomized block Krylov iteration on ``A^T A`` (one pass over the data
+        each, >= 2); the a-posteriori error is logged as ``lsi_max_rel_residual``.
     oversample
         Extra basis vectors beyond ``n_comps``.
     scale_embeddings
@@ -310,7 +310,7 @@ class LsiConfig:
     """
 
     n_comps: int = 50
-    n_iter: int = 3
+    n_iter: int = 4
     oversample: int = 10
     scale_embeddings: bool = True
     drop_first: bool = False
@@ -334,10 +334,10 @@ class AtacConfig:
     """ATAC steps, in order, and their parameters."""
 
     steps: tuple[str, ...] = ATAC_STEPS
-    filter_cells: FilterAtacCellsConfig = FilterAtacCellsConfig()
-    filter_peaks: FilterPeaksConfig = FilterPeaksConfig()
-    tfidf: TfidfConfig = TfidfConfig()
-    lsi: LsiConfig = LsiConfig()
+    filter_cells: FilterAtacCellsConfig = dataclasses.field(default_factory=FilterAtacCellsConfig)
+    filter_peaks: FilterPeaksConfig = dataclasses.field(default_factory=FilterPeaksConfig)
+    tfidf: TfidfConfig = dataclasses.field(default_factory=TfidfConfig)
+    lsi: LsiConfig = dataclasses.field(default_factory=LsiConfig)
 
     def __post_init__(self) -> None:
         _check_steps("atac", self.steps, ATAC_STEPS)
@@ -382,9 +382,9 @@ class PreprocessCellsConfig:
         which bounds the partial statistics held at once.
     """
 
-    rna: RnaConfig = RnaConfig()
-    atac: AtacConfig = AtacConfig()
-    adt: AdtConfig = AdtConfig()
+    rna: RnaConfig = dataclasses.field(default_factory=RnaConfig)
+    atac: AtacConfig = dataclasses.field(default_factory=AtacConfig)
+    adt: AdtConfig = dataclasses.field(default_factory=AdtConfig)
     check_counts: bool = True
     seed: int = 0
     max_tasks_in_flight: int | None = None

@@ -178,10 +178,13 @@ def column_stats(
     for start in starts:
         stop = min(start + step, n_rows)
         if csr is not None:
-            part = csr[start:stop]
-            row_group = np.repeat(codes[start:stop], np.diff(part.indptr))
-            flat = row_group * n_features + part.indices
-            values = part.data.astype(np.float64)
+            lo, hi = csr.indptr[start], csr.indptr[stop]
+            if n_groups == 1:
+                flat = csr.indices[lo:hi]
+            else:
+                rows = np.repeat(codes[start:stop], np.diff(csr.indptr[start : stop + 1]))
+                flat = rows * n_features + csr.indices[lo:hi]
+            values = csr.data[lo:hi].astype(np.float64)
         else:
             dense = np.asarray(x[start:stop])
             flat = (codes[start:stop, None] * n_features + np.arange(n_features)).ravel()

@@ -29,6 +29,13 @@ def _csr32(x: sp.spmatrix | sp.sparray) -> sp.csr_matrix:
     return out
 
 
+def dense(x: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
+    """``x`` as a dense array (no copy if it already is one)."""
+    if isinstance(x, np.ndarray):
+        return x
+    return np.asarray(x.toarray())
+
+
 def qc_metrics(counts: sp.spmatrix | sp.sparray, *, mt: np.ndarray | None = None) -> pd.DataFrame:
     """Per-cell QC metrics of raw counts (``sc.pp.calculate_qc_metrics`` names).
 
@@ -47,10 +54,11 @@ def qc_metrics(counts: sp.spmatrix | sp.sparray, *, mt: np.ndarray | None = None
     """
     csr = sp.csr_matrix(counts)
     total = np.asarray(csr.sum(axis=1, dtype=np.float64)).ravel()
-    n_genes = np.diff(csr.indptr) - np.bincount(
-        np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))[csr.data == 0],
-        minlength=csr.shape[0],
-    )
+    n_genes = np.diff(csr.indptr)
+    stored_zero = csr.data == 0
+    if stored_zero.any():
+        rows = np.repeat(np.arange(csr.shape[0]), n_genes)
+        n_genes = n_genes - np.bincount(rows[stored_zero], minlength=csr.shape[0])
     if mt is not None and mt.any():
         mt_total = np.asarray(csr[:, np.flatnonzero(mt)].sum(axis=1, dtype=np.float64)).ravel()
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -58,7 +66,11 @@ def qc_metrics(counts: sp.spmatrix | sp.sparray, *, mt: np.ndarray | None = None
     else:
         pct = np.zeros(csr.shape[0])
     return pd.DataFrame(
-        {"total_counts": total, "n_genes_by_counts": n_genes.astype(np.int64), "pct_counts_mt": pct}
+        {
+            "total_counts": total,
+            "n_genes_by_counts": n_genes.astype(np.int64),
+            "pct_counts_mt": pct,
+        }
     )
 
 
@@ -146,7 +158,9 @@ def gene_filter(
     return keep, removed
 
 
-def library_size(counts: sp.spmatrix | sp.sparray, *, exclude: np.ndarray | None = None) -> np.ndarray:
+def library_size(
+    counts: sp.spmatrix | sp.sparray, *, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """Counts per cell over the genes not in ``exclude``, float32 of shape (n_cells,).
 
     Float32 like scanpy's ``normalize_total`` (exact for integer totals below 2**24).
@@ -298,7 +312,10 @@ def highly_variable_genes_seurat(
     if not batched:
         pooled = stats.pooled()
         df = _seurat_single(
-            pooled.mean()[0], pooled.var()[0], n_top_genes=n_top_genes, n_bins=n_bins,
+            pooled.mean()[0],
+            pooled.var()[0],
+            n_top_genes=n_top_genes,
+            n_bins=n_bins,
             cutoffs=cutoffs,
         )
         df.index = index
@@ -307,7 +324,10 @@ def highly_variable_genes_seurat(
     for b in np.flatnonzero(stats.n > 0):
         expressed = stats.nnz[b] > 0
         df = _seurat_single(
-            mean[b, expressed], var[b, expressed], n_top_genes=n_top_genes, n_bins=n_bins,
+            mean[b, expressed],
+            var[b, expressed],
+            n_top_genes=n_top_genes,
+            n_bins=n_bins,
             cutoffs=cutoffs,
         )
         df.index = index[expressed]
@@ -385,7 +405,9 @@ def seurat_v3_clip(stats: ColumnStats, *, span: float = 0.3) -> tuple[np.ndarray
             continue
         not_const = var[b] > 0
         estimate = np.zeros(stats.n_features)
-        model = loess(np.log10(mean[b, not_const]), np.log10(var[b, not_const]), span=span, degree=2)
+        model = loess(
+            np.log10(mean[b, not_const]), np.log10(var[b, not_const]), span=span, degree=2
+        )
         model.fit()
         estimate[not_const] = model.outputs.fitted_values
         reg_std[b] = np.sqrt(10**estimate)
@@ -504,8 +526,7 @@ def scale(
             values = np.minimum(values, max_value)
         out.data = values.astype(np.float32)
         return out
-    dense = x.toarray() if sp.issparse(x) else np.asarray(x)
-    z = (dense.astype(np.float64) - mean) / std
+    z = (dense(x).astype(np.float64) - mean) / std
     if max_value is not None:
         np.clip(z, -max_value, max_value, out=z)
     return z.astype(np.float32)
@@ -535,7 +556,7 @@ class PcaFit:
 
 
 def default_n_comps(n_cells: int, n_features: int) -> int:
-    """scanpy's default: 50, or ``min(n_cells, n_features) - 1`` if that is at most 50."""
+    """Scanpy's default: 50, or ``min(n_cells, n_features) - 1`` if that is at most 50."""
     min_dim = min(n_cells, n_features)
     return min_dim - 1 if min_dim <= 50 else 50
 
@@ -567,6 +588,5 @@ def pca_fit(gram: Gram, *, n_comps: int) -> PcaFit:
 
 
 def pca_transform(x: np.ndarray | sp.spmatrix | sp.sparray, fit: PcaFit) -> np.ndarray:
-    """Project ``x`` (n_cells, n_features) on the fitted axes: float32 of shape (n_cells, n_comps)."""
-    dense = x.toarray() if sp.issparse(x) else np.asarray(x)
-    return ((dense.astype(np.float64) - fit.mean) @ fit.components.T).astype(np.float32)
+    """Project ``x`` (n_cells, n_features) on the axes: float32 of shape (n_cells, n_comps)."""
+    return ((dense(x).astype(np.float64) - fit.mean) @ fit.components.T).astype(np.float32)

@@ -37,7 +37,7 @@ def test_file_uri_works(tmp_path):
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "set"
     _write(out)
-    with pytest.raises(RaymmiError, match="already exists.*--overwrite"):
+    with pytest.raises(RaymmiError, match=r"already exists.*--overwrite"):
         _write(out)
     _write(out, rows=5, overwrite=True)
     assert open_shard_set(str(out)).manifest.num_rows == 5
@@ -64,7 +64,7 @@ def test_failed_overwrite_keeps_the_old_set(tmp_path):
 def test_reader_refuses_directory_without_manifest(tmp_path):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "part-0.parquet").write_bytes(b"x")
-    with pytest.raises(RaymmiError, match="is not a shard set: it has no _manifest.json"):
+    with pytest.raises(RaymmiError, match=r"is not a shard set: it has no _manifest\.json"):
         open_shard_set(str(tmp_path / "raw"))
 
 
