@@ -9,23 +9,13 @@ tiny data (written under `--out`, default a temporary folder) on whatever Ray it
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from raymmi.cli import main as raymmi_main
-from raymmi.smoke import smoke_argv
+from raymmi.smoke import job_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    parser.add_argument("--smoke-test", action="store_true", help="tiny end-to-end run")
-    parser.add_argument("--out", help="with --smoke-test: folder for its outputs")
-    args, rest = parser.parse_known_args(argv)
-    if args.smoke_test:
-        return raymmi_main(smoke_argv("ingest", args.out))
-    if args.out is not None:
-        rest += ["--out", args.out]
-    return raymmi_main(["ingest", *rest])
+    return job_main("ingest", argv)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,20 @@ def smoke_argv(stage: str, out: str | None) -> list[str]:
         return ["export", str(source), "--out", str(root / "plates.parquet"), "--overwrite"]
     msg = f"no smoke test for stage {stage!r}"
     raise ValueError(msg)
+
+
+def job_main(stage: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``jobs/<stage>.py``: ``raymmi <stage> ARGS``, or ``--smoke-test``."""
+    import argparse
+
+    from raymmi.cli import main as raymmi_main
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--smoke-test", action="store_true", help="tiny end-to-end run")
+    parser.add_argument("--out", help="with --smoke-test: folder for its outputs")
+    args, rest = parser.parse_known_args(argv)
+    if args.smoke_test:
+        return raymmi_main(smoke_argv(stage, args.out))
+    if args.out is not None:
+        rest += ["--out", args.out]
+    return raymmi_main([stage, *rest])
