@@ -18,6 +18,7 @@ from raymmi.config import (
     NormalizeConfig,
     RayConfig,
     TrackingConfig,
+    TrainConfig,
     apply_overrides,
     from_dict,
     load_yaml,
@@ -98,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("source", help="cells shard set")
     pc.add_argument("--out", required=True, help="output shard set")
     _common(pc)
+
+    tr = sub.add_parser("train", help="train a model (SAILERX, UMINT, AE ...) with Ray Train")
+    tr.add_argument("model", help="registered model name (sailerx, umint, ae, dae, sae ...)")
+    tr.add_argument("--data", help="cells shard set (from raymmi preprocess cells)")
+    tr.add_argument("--out", help="output folder (checkpoints, model, metrics, embeddings)")
+    tr.add_argument("--workers", type=int, help="Ray Train workers (DDP processes)")
+    tr.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
+    tr.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: auto)")
+    tr.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
+    tr.add_argument("--label-key", help="obs column with labels: ARI/NMI/silhouette")
+    tr.add_argument("--extra-data", help="SAILERX hybrid training: ATAC-only cells set")
+    _common(tr)
 
     sel = sub.add_parser("select", help="drop features as pycytominer feature_select would")
     sel.add_argument("source", nargs="?", help="plates shard set")
@@ -366,6 +379,44 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from raymmi import run
+
+    flags = {
+        "model_name": args.model,
+        "data": args.data,
+        "out": args.out,
+        "workers": args.workers,
+        "gpus_per_worker": args.gpus_per_worker,
+        "cpus_per_worker": args.cpus_per_worker,
+        "label_key": args.label_key,
+        "extra_data": args.extra_data,
+        "overwrite": args.overwrite,
+    }
+    if args.epochs is not None:
+        args.set = [*args.set, f"optim.epochs={args.epochs}"]
+    config = _settings(TrainConfig, args, flags, where="train")
+    metrics = run.train(config, ray_config=_ray(args), tracking=_tracking(args))
+    shown = {k: v for k, v in metrics.items() if k in TRAIN_SUMMARY and v is not None}
+    print(
+        f"trained {config.model_name} ({metrics.get('epoch', -1) + 1:.0f} epochs) into "
+        f"{config.out}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items())
+    )
+    return 0
+
+
+TRAIN_SUMMARY = (
+    "train_loss",
+    "val_loss",
+    "ari",
+    "nmi",
+    "silhouette",
+    "reference_ari",
+    "reference_nmi",
+    "reference_silhouette",
+)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raymmi.demo import run_demo
 
@@ -383,6 +434,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ingest": _ingest,
     "normalize": _normalize,
     "select": _select,
+    "train": _train,
     "preprocess": _preprocess,
     "export": _export,
     "generate": _generate,

@@ -255,3 +255,71 @@ def feature_heatmap(
         ax.set_xticks(np.arange(len(keep)), [features[i] for i in keep], rotation=90, fontsize=5)
     ax.set_title(title or f"feature heatmap, {len(x)} sampled wells")
     return fig
+
+
+def loss_curves(history: pd.DataFrame, *, title: str = "") -> Figure:
+    """Per-epoch training curves: every ``train_*``/``val_*``/``extra_*`` loss term.
+
+    Parameters
+    ----------
+    history
+        One row per epoch with an ``epoch`` column and metric columns, as written by
+        ``raymmi train`` (``train_loss``, ``val_loss``, ``train_recon`` ...).
+    title
+        Figure title.
+    """
+    terms = sorted(
+        {c.split("_", 1)[1] for c in history.columns if c.startswith(("train_", "val_"))}
+    )
+    fig = _figure(4.0 * min(4, max(1, len(terms))), 3.2 * (-(-max(1, len(terms)) // 4)))
+    axes = fig.subplots(-(-max(1, len(terms)) // 4), min(4, max(1, len(terms))), squeeze=False)
+    epoch = history["epoch"] if "epoch" in history else pd.Series(range(len(history)))
+    for ax, term in zip(axes.ravel(), terms, strict=False):
+        for prefix, style in (("train_", "-"), ("val_", "--"), ("extra_", ":")):
+            column = f"{prefix}{term}"
+            if column in history:
+                ax.plot(epoch, history[column], style, label=prefix.rstrip("_"))
+        ax.set_title(term, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(terms) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def embedding_scatter(
+    embeddings: Mapping[str, np.ndarray], labels: Sequence[str], *, title: str = ""
+) -> Figure:
+    """Side-by-side 2-d views (first two principal components) of embeddings, by label.
+
+    Parameters
+    ----------
+    embeddings
+        Name → array of shape (n, d) over the same n cells (the model's, the reference ...).
+    labels
+        Label per cell (cell type), length n.
+    title
+        Figure title.
+    """
+    labels = np.asarray(labels).astype(str)
+    colors = _colors(sorted(np.unique(labels)))
+    fig = _figure(4.6 * max(1, len(embeddings)), 4.2)
+    axes = fig.subplots(1, max(1, len(embeddings)), squeeze=False)[0]
+    for ax, (name, x) in zip(axes, embeddings.items(), strict=False):
+        x = np.asarray(x, dtype=np.float64)
+        centered = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(centered, full_matrices=False)
+        coords = centered @ vt[:2].T if vt.shape[0] >= 2 else np.c_[centered[:, 0], 0 * x[:, 0]]
+        for label, color in colors.items():
+            sel = labels == label
+            ax.scatter(*coords[sel].T, s=5, color=color, label=label, alpha=0.8, linewidths=0)
+        ax.set_title(f"{name} (PC1/PC2 of {x.shape[1]} dims)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if len(colors) <= 20:
+        axes[-1].legend(fontsize=7, markerscale=2, loc="best")
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -122,6 +122,12 @@ class Model(nn.Module):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    optim_defaults: ClassVar[Mapping[str, Any]] = {
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "batch_size": 128,
+        "epochs": 20,
+    }
 
     def __init__(self, config: Any, dims: Dims) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ from raymmi.run._plates import generate_plates, ingest_plates
 from raymmi.run._preprocess import preprocess_cells
 from raymmi.run._runtime import gather, init_ray
 from raymmi.run._select import select_features
+from raymmi.run._train import train
 
 __all__ = [
     "evaluate_plates",
@@ -23,4 +24,5 @@ __all__ = [
     "preprocess_cells",
     "read_dataset",
     "select_features",
+    "train",
 ]
