@@ -266,6 +266,10 @@ class TrainConfig:
         Write the model's imputations (decoder output) next to the embedding.
     metrics_max_cells
         Cells (a seeded sample) the clustering metrics are computed on.
+    score_every
+        With ``label_key``: epochs between validation scores (``val_ari``, ``val_nmi``,
+        ``val_silhouette`` and ``val_reference_*``, each the mean over the workers' shards of
+        the validation cells), reported with the losses so a tuner can use them.
     fault_injection
         Testing hook ``"rank:epoch"``: that worker kills its own process once, at the start
         of that epoch, to exercise recovery.
@@ -288,11 +292,18 @@ class TrainConfig:
     max_failures: int = 2
     impute: bool = True
     metrics_max_cells: int = 20_000
+    score_every: int = 1
     overwrite: bool = False
     fault_injection: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("workers", "checkpoint_every", "keep_checkpoints", "metrics_max_cells"):
+        for name in (
+            "workers",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "metrics_max_cells",
+            "score_every",
+        ):
             check_positive(name, getattr(self, name))
         if self.hybrid_every < 2:
             msg = f"hybrid_every={self.hybrid_every!r} must be >= 2 (one extra batch per period)"
@@ -372,7 +383,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -
     unknown = sorted(set(data) - set(fields))
     if unknown:
         hints_text = "".join(
-            f"; did you mean {where}.{close[0]} for {key!r}?"
+            f"; did you mean {close[0]!r} for {key!r}?"
             for key in unknown
             if (close := difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6))
         )

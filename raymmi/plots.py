@@ -303,8 +303,8 @@ def embedding_scatter(
     title
         Figure title.
     """
-    labels = np.asarray(labels).astype(str)
-    colors = _colors(sorted(np.unique(labels)))
+    names = np.asarray(labels).astype(str)
+    colors = _colors(sorted(np.unique(names)))
     fig = _figure(4.6 * max(1, len(embeddings)), 4.2)
     axes = fig.subplots(1, max(1, len(embeddings)), squeeze=False)[0]
     for ax, (name, x) in zip(axes, embeddings.items(), strict=False):
@@ -313,7 +313,7 @@ def embedding_scatter(
         _, _, vt = np.linalg.svd(centered, full_matrices=False)
         coords = centered @ vt[:2].T if vt.shape[0] >= 2 else np.c_[centered[:, 0], 0 * x[:, 0]]
         for label, color in colors.items():
-            sel = labels == label
+            sel = names == label
             ax.scatter(*coords[sel].T, s=5, color=color, label=label, alpha=0.8, linewidths=0)
         ax.set_title(f"{name} (PC1/PC2 of {x.shape[1]} dims)", fontsize=9)
         ax.set_xticks([])

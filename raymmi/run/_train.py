@@ -22,7 +22,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,18 @@ class TrainPlan:
     checkpoint_every: int
     fault_injection: str | None
     threads: int
+    label_key: str | None = None
+    score_every: int = 1
+
+    @property
+    def val_layout(self) -> BatchLayout:
+        """The model's layout plus the label column as codes (validation scores)."""
+        if self.label_key is None or self.label_key in self.layout.inputs.codes:
+            return self.layout
+        inputs = dataclasses.replace(
+            self.layout.inputs, codes=(*self.layout.inputs.codes, self.label_key)
+        )
+        return dataclasses.replace(self.layout, inputs=inputs)
 
 
 def _close(name: str, options: list[str]) -> str:
@@ -128,7 +140,7 @@ def _obs_stats(
 def plan_training(config: TrainConfig) -> tuple[TrainPlan, ShardSet, ShardSet | None]:
     """Check the model against the data and decide the plan; raise on any mismatch."""
     cls = models.model_class(config.model_name)
-    model_config = from_dict(cls.Config, dict(config.model), where="model")
+    model_config: Any = from_dict(cls.Config, dict(config.model), where="model")
     inputs = cls.inputs(model_config)
     shard = open_shard_set(config.data, kind="cells")
     extra = open_shard_set(config.extra_data, kind="cells") if config.extra_data else None
@@ -168,7 +180,8 @@ def plan_training(config: TrainConfig) -> tuple[TrainPlan, ShardSet, ShardSet | 
         if lacking:
             msg = f"--extra-data {config.extra_data!r} lacks modality {lacking}; it needs {needed}"
             raise RaymmiError(msg)
-    cats, logs = _obs_stats(shard, inputs.codes, inputs.depths)
+    label = () if config.label_key is None else (config.label_key,)
+    cats, logs = _obs_stats(shard, (*inputs.codes, *label), inputs.depths)
     if extra is not None:
         extra_cats, extra_logs = _obs_stats(extra, inputs.codes, inputs.depths)
         for key, values in extra_cats.items():
@@ -178,8 +191,8 @@ def plan_training(config: TrainConfig) -> tuple[TrainPlan, ShardSet, ShardSet | 
     depth_stats = {}
     for name, arrays in logs.items():
         if arrays:
-            values = np.concatenate(arrays)
-            depth_stats[name] = (float(values.mean()), float(values.std() or 1.0))
+            logged = np.concatenate(arrays)
+            depth_stats[name] = (float(logged.mean()), float(logged.std() or 1.0))
     encodings = {m.name: m.encoding for m in shard.manifest.modalities}
     dims = models.Dims(
         features={m.name: tuple(m.features) for m in shard.manifest.modalities},
@@ -197,6 +210,8 @@ def plan_training(config: TrainConfig) -> tuple[TrainPlan, ShardSet, ShardSet | 
         checkpoint_every=config.checkpoint_every,
         fault_injection=config.fault_injection,
         threads=max(1, math.floor(config.cpus_per_worker or 1)),
+        label_key=config.label_key,
+        score_every=config.score_every,
     )
     return plan, shard, extra
 
@@ -243,13 +258,11 @@ class _Collate(ArrowBatchCollateFn):
     def __init__(self, layout: BatchLayout) -> None:
         self.layout = layout
 
-    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:  # type: ignore[override]
         return arrow_to_batch(batch, self.layout)
 
 
-def _datasets(
-    plan: TrainPlan, shard: ShardSet, extra: ShardSet | None
-) -> dict[str, ray.data.Dataset]:
+def _datasets(plan: TrainPlan, shard: ShardSet, extra: ShardSet | None) -> dict[str, Any]:
     seed = int(plan.optim["seed"])
     columns = plan.layout.columns(_columns(shard))
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch, not bars
@@ -261,8 +274,10 @@ def _datasets(
         )
     }
     if plan.val_fraction > 0:
-        out["val"] = ds.map_batches(
-            _Select(val=True, fraction=plan.val_fraction, seed=seed, columns=columns),
+        val_columns = plan.val_layout.columns(_columns(shard))
+        ds_val = read_dataset(shard, columns=list(dict.fromkeys([CELL_ID, *val_columns])))
+        out["val"] = ds_val.map_batches(
+            _Select(val=True, fraction=plan.val_fraction, seed=seed, columns=val_columns),
             batch_format="pyarrow",
         )
     if extra is not None:
@@ -411,16 +426,10 @@ def _worker_loop(ctx: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - tick
         sums["seconds"] = elapsed
         if val_shard is not None:
-            model.eval()
-            with torch.no_grad():
-                for batch in val_shard.iter_torch_batches(
-                    batch_size=batch_size, collate_fn=collate
-                ):
-                    n = len(next(iter(batch.values())))
-                    out = model.loss(_to(batch, device), epoch=epoch).floats()
-                    for key, value in out.items():
-                        sums[f"val_{key}"] = sums.get(f"val_{key}", 0.0) + value * n
-                    sums["val_cells"] = sums.get("val_cells", 0.0) + n
+            scored = plan.label_key is not None and (
+                (epoch + 1) % plan.score_every == 0 or epoch == int(optim["epochs"]) - 1
+            )
+            sums.update(_validate(model, val_shard, plan, epoch, device, batch_size, scored))
         total = _all_reduce(sums, world)
         metrics = _epoch_metrics(total, world, epoch)
         metrics["attempt_start_epoch"] = float(start)
@@ -450,6 +459,45 @@ def _worker_loop(ctx: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
 
+def _validate(
+    model: models.Model,
+    shard: Any,
+    plan: TrainPlan,
+    epoch: int,
+    device: torch.device,
+    batch_size: int,
+    scored: bool,
+) -> dict[str, float]:
+    """Validation loss sums, and (when ``scored``) label scores of this worker's val cells."""
+    model.eval()
+    sums: dict[str, float] = {}
+    embeddings, references, labels = [], [], []
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size, collate_fn=_Collate(plan.val_layout)
+        ):
+            n = len(next(iter(batch.values())))
+            batch = _to(batch, device)
+            for key, value in model.loss(batch, epoch=epoch).floats().items():
+                sums[f"val_{key}"] = sums.get(f"val_{key}", 0.0) + value * n
+            sums["val_cells"] = sums.get("val_cells", 0.0) + n
+            if scored:
+                embeddings.append(model.embed(batch).float().cpu().numpy())
+                reference = model.reference(batch)
+                if reference is not None:
+                    references.append(reference.float().cpu().numpy())
+                labels.append(batch[str(plan.label_key)].cpu().numpy())
+    if scored and embeddings:
+        samples = {"embedding": np.concatenate(embeddings), "labels": np.concatenate(labels)}
+        if references:
+            samples["reference"] = np.concatenate(references)
+        for key, value in _scores(samples, plan.label_key).items():
+            if _is_number(value) and key != "metric_cells":
+                # summed over workers, divided by the world size in _epoch_metrics
+                sums[f"score_val_{key}"] = float(value)
+    return sums
+
+
 def _epoch_metrics(total: Mapping[str, float], world: int, epoch: int) -> dict[str, float]:
     metrics: dict[str, float] = {"epoch": float(epoch)}
     for prefix, count in (("train_", "cells"), ("extra_", "extra_cells"), ("val_", "val_cells")):
@@ -457,6 +505,9 @@ def _epoch_metrics(total: Mapping[str, float], world: int, epoch: int) -> dict[s
         for key, value in total.items():
             if key.startswith(prefix) and key != count and n:
                 metrics[key] = value / n
+    for key, value in total.items():
+        if key.startswith("score_"):
+            metrics[key[len("score_") :]] = value / world
     seconds = total["seconds"] / world
     metrics["epoch_seconds"] = seconds
     metrics["cells_per_second"] = total["cells"] / seconds if seconds else float("nan")
@@ -553,6 +604,9 @@ def train(
     *,
     ray_config: RayConfig | None = None,
     tracking: TrackingConfig | None = None,
+    callbacks: Sequence[Any] = (),
+    tags: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train ``config.model_name`` on ``config.data`` with Ray Train; return the final metrics.
 
@@ -560,6 +614,10 @@ def train(
     ``OUT/model.pt`` (final weights, load with ``torch.load(..., weights_only=True)``),
     ``OUT/metrics.json`` and the ``OUT/embeddings`` shard set (``X_<model>`` plus imputed
     modalities), whose manifest is written last.
+
+    ``callbacks`` go to the Train ``RunConfig`` (Ray Tune passes ``TuneReportCallback`` so
+    every epoch's report reaches the scheduler); ``tags`` and ``run_name`` go to the MLflow
+    run (a Tune trial sets ``mlflow.parentRunId`` to nest it under its search).
 
     Raises
     ------
@@ -583,7 +641,11 @@ def train(
     from ray.train.torch import TorchTrainer
 
     with tracked_run(
-        "train", config=cfg, tracking=tracking, run_name=f"train-{plan.model_name}"
+        "train",
+        config=cfg,
+        tracking=tracking,
+        run_name=run_name or f"train-{plan.model_name}",
+        tags=tags,
     ) as run:
         run.set_tags({"raymmi.model": plan.model_name, "raymmi.resumed": resumed})
         run.log_shard_set(config.data, shard.manifest.to_dict(), context="input")
@@ -609,11 +671,13 @@ def train(
                 name="train",
                 storage_path=str(out / "checkpoints"),
                 checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-                failure_config=FailureConfig(
-                    max_failures=config.max_failures, controller_failure_limit=3
+                failure_config=FailureConfig(  # the V2 class, at run time
+                    max_failures=config.max_failures,
+                    controller_failure_limit=3,  # type: ignore[call-arg]
                 ),
+                callbacks=list(callbacks),
             ),
-            datasets=_datasets(plan, shard, extra),
+            datasets=dict(_datasets(plan, shard, extra)),
         )
         try:
             result = trainer.fit()
@@ -741,7 +805,7 @@ def _embed(
     if label_key is not None and label_key not in metadata:
         metadata = (*metadata, label_key)
     fraction = min(1.0, config.metrics_max_cells / max(1, shard.manifest.num_rows))
-    state_ref = ray.put(dict(state_dict))
+    state_ref: Any = ray.put(dict(state_dict))
     refs = [
         _embed_task.remote(
             path, plan, state_ref, metadata, staging, i, config.impute, fraction, label_key
@@ -817,6 +881,6 @@ def _log_plots(run: Run, history: pd.DataFrame, samples: Mapping[str, np.ndarray
                 for name, key in (("model", "embedding"), ("reference", "reference"))
                 if key in samples and len(samples[key]) == len(samples["labels"])
             },
-            samples["labels"].astype(str),
+            list(samples["labels"].astype(str)),
         )
         run.log_figure(figure, "train/embedding.png")

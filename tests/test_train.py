@@ -1,0 +1,219 @@
+"""raymmi train: the Arrow→tensor batches, planning checks, and real Ray Train runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+import torch
+
+from raymmi import models, testing
+from raymmi.config import OptimConfig, TrainConfig, from_dict
+from raymmi.models._batches import BatchLayout, arrow_to_batch, densify_rows
+from raymmi.run._train import _cpus_per_worker, plan_training, resolve_optim, split_mask
+from raymmi.schema import RaymmiError, sparse_to_lists
+
+
+def test_densify_rows_matches_scipy():
+    rng = np.random.default_rng(0)
+    dense = sp.random(7, 11, density=0.3, random_state=rng, dtype=np.float32).toarray()
+    dense[3] = 0  # an empty row
+    matrix = sp.csr_matrix(dense)
+    indices, values = sparse_to_lists(matrix)
+    np.testing.assert_array_equal(densify_rows(indices, values, 11), matrix.toarray())
+
+
+def test_arrow_to_batch_decodes_every_input_kind():
+    dims = models.Dims(
+        features={"atac": ("chr1-1-2", "chr1-3-4", "chr2-1-2"), "rna_pca": ("PC1", "PC2")},
+        categories={"batch": ("s1", "s2")},
+    )
+    inputs = models.Inputs(
+        modalities=("atac", "rna_pca"), depths=("atac",), codes=("batch",), optional=("rna_pca",)
+    )
+    layout = BatchLayout(inputs, dims, {"atac": "sparse", "rna_pca": "dense"})
+    indices, values = sparse_to_lists(sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 0]], "f4")))
+    table = pa.table(
+        {
+            "atac_indices": indices,
+            "atac_values": values,
+            "atac_depth": pa.array([2.0, 1.0], pa.float32()),
+            "batch": ["s2", "s1"],
+            "rna_pca": pa.FixedSizeListArray.from_arrays(pa.array([1, 2, 3, 4], pa.float32()), 2),
+        }
+    )
+    batch = arrow_to_batch(table, layout)
+    torch.testing.assert_close(batch["atac"], torch.tensor([[1.0, 0, 1], [0, 1, 0]]))
+    torch.testing.assert_close(batch["rna_pca"], torch.tensor([[1.0, 2], [3, 4]]))
+    assert batch["batch"].tolist() == [1, 0]
+    assert batch["atac_depth"].tolist() == [2.0, 1.0]
+    # optional input absent (ATAC-only cells): left out, not an error
+    assert "rna_pca" not in arrow_to_batch(table.drop_columns(["rna_pca"]), layout)
+    with pytest.raises(RaymmiError, match="atac_depth"):
+        arrow_to_batch(table.drop_columns(["atac_depth"]), layout)
+    bad = table.set_column(3, "batch", pa.array(["s3", "s1"]))
+    with pytest.raises(RaymmiError, match="outside its 2 categories"):
+        arrow_to_batch(bad, layout)
+
+
+def test_split_mask_is_seeded_stable_and_sized():
+    ids = pa.array([f"c{i:06d}" for i in range(20_000)])
+    mask = split_mask(ids, 0.1, 0)
+    assert abs(mask.mean() - 0.1) < 0.01
+    np.testing.assert_array_equal(mask[:100], split_mask(ids[:100], 0.1, 0))
+    assert (mask != split_mask(ids, 0.1, 1)).any()
+    assert not split_mask(ids, 0.0, 0).any()
+
+
+def test_optim_defaults_come_from_the_model_unless_given():
+    cls = models.model_class("ae")
+    resolved = resolve_optim(cls, OptimConfig(lr=0.5))
+    assert resolved["lr"] == 0.5
+    assert resolved["batch_size"] == cls.optim_defaults["batch_size"]
+
+
+def test_train_config_errors_name_the_fix():
+    base = {"model_name": "ae", "data": "x", "out": "y"}
+    with pytest.raises(RaymmiError, match=r"did you mean 'lr' for 'lrr'"):
+        from_dict(TrainConfig, {**base, "optim": {"lrr": 1}})
+    with pytest.raises(RaymmiError, match="fault_injection"):
+        from_dict(TrainConfig, {**base, "fault_injection": "one"})
+    config = from_dict(TrainConfig, {**base, "workers": 4})
+    with pytest.raises(RaymmiError, match="use --workers 4 or fewer"):
+        _cpus_per_worker(dataclasses_replace(config, workers=5), {"CPU": 2.0})
+    with pytest.raises(RaymmiError, match="needs 2 GPUs; the cluster has 0"):
+        _cpus_per_worker(dataclasses_replace(config, workers=2, gpus_per_worker=1), {"CPU": 8})
+    assert _cpus_per_worker(dataclasses_replace(config, workers=2), {"CPU": 2.0}) == 0.5
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+# ----------------------------------------------------------------------------------------------
+# with data (and Ray)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multiome(ray_session, tmp_path_factory) -> str:
+    """A small preprocessed multiome set: rna_hvg, rna_pca, atac, atac_lsi; 8 cell types."""
+    from raymmi.cells import PreprocessCellsConfig
+    from raymmi.config import TrackingConfig
+    from raymmi.run import generate_cells, preprocess_cells
+
+    root = tmp_path_factory.mktemp("train")
+    spec = testing.CellSetSpec(
+        n_cells=1200, n_genes=400, n_peaks=800, n_cell_types=4, chunk_size=600, seed=3
+    )
+    off = TrackingConfig(enabled=False)
+    generate_cells(spec, out=str(root / "raw"), tracking=off)
+    config = from_dict(PreprocessCellsConfig, {"rna": {"pca": {"n_comps": 10}}})
+    preprocess_cells(config, source=str(root / "raw"), out=str(root / "pre"), tracking=off)
+    return str(root / "pre")
+
+
+def test_plan_names_the_missing_modality(multiome, tmp_path):
+    config = TrainConfig(model_name="ae", data=multiome, out=str(tmp_path / "o"))
+    with pytest.raises(RaymmiError, match=r"needs modality 'adt_clr'.*preprocess cells"):
+        plan_training(config)
+    config = TrainConfig(
+        model_name="ae",
+        data=multiome,
+        out=str(tmp_path / "o"),
+        model={"modalities": ["rna_hvg", "atac_lsi"]},
+        label_key="celltype",
+    )
+    with pytest.raises(RaymmiError, match=r"did you mean cell_type"):
+        plan_training(config)
+
+
+@pytest.mark.slow
+def test_two_worker_ddp_run_learns_checkpoints_and_writes_embeddings(multiome, tmp_path):
+    from raymmi.io import open_shard_set
+    from raymmi.run import train
+
+    out = tmp_path / "ae"
+    config = TrainConfig(
+        model_name="ae",
+        data=multiome,
+        out=str(out),
+        model={"modalities": ["rna_hvg", "atac_lsi"], "hidden": [64], "bottleneck": 16},
+        optim=OptimConfig(epochs=4, batch_size=64, lr=3e-3),
+        label_key="cell_type",
+        workers=2,
+    )
+    metrics = train(config)
+    state = json.loads((out / "metrics.json").read_text())
+    assert state["epoch"] == 3
+    checkpoints = sorted(p.name for p in (out / "checkpoints" / "train").glob("epoch-*"))
+    assert checkpoints == ["epoch-00002", "epoch-00003"]  # keep_checkpoints=2
+    weights = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    # DDP: both ranks hold the same weights after every epoch's steps
+    assert metrics["weights_rank_spread"] == 0.0
+    assert metrics["val_loss"] < 10
+    assert metrics["ari"] > 0.3 and "nmi" in metrics and "silhouette" in metrics
+    assert "val_ari" in metrics
+    shard = open_shard_set(str(out / "embeddings"), kind="cells")
+    assert shard.manifest.num_rows == 1200
+    assert [m.name for m in shard.manifest.modalities][0] == "X_ae"
+    assert shard.verify() == []
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_last_checkpoint(multiome, tmp_path):
+    from raymmi.run import train
+
+    out = tmp_path / "killed"
+    config = TrainConfig(
+        model_name="ae",
+        data=multiome,
+        out=str(out),
+        model={"modalities": ["rna_hvg"], "hidden": [32], "bottleneck": 8},
+        optim=OptimConfig(epochs=3, batch_size=128),
+        workers=2,
+        fault_injection="1:2",
+        val_fraction=0.0,
+        impute=False,
+    )
+    metrics = train(config)
+    assert (out / "checkpoints" / ".fault-injected-1-2").exists()  # the kill happened
+    assert metrics["epoch"] == 2
+    # restarted from a checkpoint, not from scratch (epoch 1's, or epoch 0's when the kill
+    # lands before the controller registered epoch 1's upload)
+    assert metrics["attempt_start_epoch"] in (1, 2)
+    # the same --out again: finished, so it refuses instead of retraining
+    with pytest.raises(RaymmiError, match="finished training run"):
+        train(config)
+
+
+def test_resuming_with_another_config_is_refused(multiome, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.yaml").write_text("model_name: ae\nmodel: {bottleneck: 8}\n")
+    from raymmi.run import train
+
+    config = TrainConfig(
+        model_name="ae",
+        data=multiome,
+        out=str(out),
+        model={"modalities": ["rna_hvg"], "bottleneck": 9},
+    )
+    with pytest.raises(RaymmiError, match="checkpoints of a different config"):
+        train(config)
+
+
+def test_cli_reports_bad_set_key(tmp_path, capsys):
+    from raymmi.cli import main
+
+    code = main(["train", "ae", "--data", "x", "--out", str(tmp_path), "--set", "optim.lrr=1"])
+    assert code == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+    assert not any(Path(tmp_path).iterdir())
