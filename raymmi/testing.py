@@ -874,6 +874,14 @@ class CellSetSpec:
         Correlation of log RNA depth with log ATAC (or ADT) depth, in [-1, 1].
     batch_effect_scale
         Multiplier of the fitted per-batch feature scaling (0: no batch effect).
+    rna_type_programs
+        Number of distinct RNA cell-type programs; ``None``: one per type. With
+        ``k < n_cell_types``, type ``t`` expresses RNA program ``t % k``, so types that differ
+        only by ``k`` cannot be told apart from the RNA (the ATAC and ADT still separate them).
+        Must be between 1 and ``n_cell_types``.
+    atac_type_signal
+        Multiplier of the ATAC marker log fold changes (non-negative; 0: peaks carry no
+        cell-type signal at all, only peak, batch, state and depth effects).
     seed
         Non-negative seed of the whole set.
     """
@@ -894,6 +902,8 @@ class CellSetSpec:
     adt_depth_log_sd: float = ADT_DEPTH_LOG_SD
     depth_correlation: float = DEPTH_CORRELATION
     batch_effect_scale: float = 1.0
+    rna_type_programs: int | None = None
+    atac_type_signal: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -930,6 +940,16 @@ class CellSetSpec:
         _check(
             self.batch_effect_scale >= 0,
             f"batch_effect_scale={self.batch_effect_scale!r} must be non-negative",
+        )
+        _check(
+            self.rna_type_programs is None or 1 <= self.rna_type_programs <= self.n_cell_types,
+            f"rna_type_programs={self.rna_type_programs!r} must be between 1 and "
+            f"n_cell_types={self.n_cell_types} (or None for one program per type)",
+        )
+        _check(
+            math.isfinite(self.atac_type_signal) and self.atac_type_signal >= 0,
+            f"atac_type_signal={self.atac_type_signal!r} must be a finite non-negative number "
+            "(0: no cell-type signal in the peaks, 1: the default)",
         )
         _check(self.seed >= 0, f"seed={self.seed!r} must be non-negative")
 
@@ -1079,6 +1099,9 @@ def _cell_globals(spec: CellSetSpec) -> _CellGlobals:
     g = spec.n_genes
     log_mean = rng.normal(RNA_GENE_LOG10_MEAN[0], RNA_GENE_LOG10_MEAN[1], g) * math.log(10.0)
     lfc = _markers(rng, (t_, g), RNA_MARKER_FRACTION, RNA_MARKER_LFC_SD)
+    if spec.rna_type_programs is not None:
+        # All t_ programs are drawn whatever k, so the later draws (and the default) do not move.
+        lfc = lfc[np.arange(t_) % spec.rna_type_programs]
     batch = rng.normal(0.0, RNA_BATCH_LOG_SD * batch_scale, (b_, g))
     rna_log = log_mean + lfc[:, None, :] + batch[None, :, :]
     rna_log -= np.log(np.exp(rna_log).sum(axis=2, keepdims=True))  # exp sums to 1 per group
@@ -1091,6 +1114,7 @@ def _cell_globals(spec: CellSetSpec) -> _CellGlobals:
     p = spec.n_peaks
     peak = rng.normal(0.0, ATAC_PEAK_LOG_SD, p)
     lfc = _markers(rng, (t_, p), ATAC_MARKER_FRACTION, ATAC_MARKER_LFC_SD)
+    lfc *= spec.atac_type_signal  # exact for the default 1.0
     batch = rng.normal(0.0, ATAC_BATCH_LOG_SD * batch_scale, (b_, p))
     atac_log = peak + lfc[:, None, :] + batch[None, :, :]  # (t, b, p)
     rates = np.exp(atac_log - atac_log.max())

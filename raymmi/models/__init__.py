@@ -1,8 +1,10 @@
 """Pure torch models: SAILERX, UMINT, autoencoder baselines; the contract and the registry.
 
-No Ray, no MLflow, no file I/O. ``raymmi.run`` trains them with Ray Train.
+No Ray, no MLflow, no file I/O. ``raymmi.run`` trains them with Ray Train. Importing this
+package registers every model (``sailerx``, ``umint``, ``ae``, ``dae``, ``sae``).
 """
 
+from raymmi.models._ae import AE, DAE, SAE, AEConfig, DAEConfig, SAEConfig
 from raymmi.models._base import (
     Batch,
     Dims,
@@ -13,13 +15,25 @@ from raymmi.models._base import (
     model_names,
     register,
 )
+from raymmi.models._sailerx import SAILERX, SAILERXConfig
+from raymmi.models._umint import UMINT, UMINTConfig
 
 __all__ = [
+    "AE",
+    "DAE",
+    "SAE",
+    "SAILERX",
+    "UMINT",
+    "AEConfig",
     "Batch",
+    "DAEConfig",
     "Dims",
     "Inputs",
     "LossOutput",
     "Model",
+    "SAEConfig",
+    "SAILERXConfig",
+    "UMINTConfig",
     "model_class",
     "model_names",
     "register",
