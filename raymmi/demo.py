@@ -14,12 +14,15 @@ from raymmi.config import (
     IngestCellsConfig,
     IngestPlatesConfig,
     NormalizeConfig,
+    OptimConfig,
     RayConfig,
     TrackingConfig,
+    TrainConfig,
 )
 from raymmi.plates import DEFAULT_OPS, SelectConfig
 from raymmi.track import tracking_uri
 
+TRAIN_COLUMNS = ("train_loss", "val_loss", "ari", "nmi", "silhouette", "reference_ari")
 CITE = "singlecell/openproblems_bmmc_cite_starter/openproblems_bmmc_cite_starter.output_{}.h5ad"
 
 
@@ -152,13 +155,18 @@ def run_demo(
         print(f"{manifest.num_rows} cells kept; columns: {mods}")
         outputs[f"{name} preprocessed"] = target
 
+    outputs.update(_train_models(root, outputs, small=small, kw=kw))
+
     _step("export")
     exports = {}
     for name, path in outputs.items():
-        suffix = ".h5ad" if "cells" in name else ".parquet"
+        suffix = ".h5ad" if "cells" in name or name.startswith("train ") else ".parquet"
         if "cells" in name and "preprocessed" not in name and f"{name} preprocessed" in outputs:
             continue  # the preprocessed set carries the raw counts too
-        target = str(root / "exports" / f"{Path(path).name}{suffix}")
+        if name.startswith("train "):
+            path = str(Path(path) / "embeddings")
+        stem = Path(path).parent.name if name.startswith("train ") else Path(path).name
+        target = str(root / "exports" / f"{stem}{suffix}")
         run.export(ExportConfig(source=path, out=target, overwrite=True), tracking=tracking)
         exports[f"{name} export"] = target
     outputs.update(exports)
@@ -172,3 +180,45 @@ def run_demo(
         print(f"Open the UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
         print("then browse http://127.0.0.1:5000")
     return outputs
+
+
+def _train_models(
+    root: Path, outputs: dict[str, str], *, small: bool, kw: dict[str, Any]
+) -> dict[str, str]:
+    """Train SAILERX on the multiome cells and UMINT and a plain AE on the CITE cells."""
+    runs: list[tuple[str, str, str, dict[str, Any]]] = []
+    multiome = outputs.get("generated multiome cells preprocessed")
+    if multiome:
+        sailerx = {"z_dim": 20, "hidden": [256, 64], "gamma": 100.0}
+        runs.append(("sailerx", "generated multiome", multiome, sailerx))
+    for source in ("CITE cells preprocessed", "generated cite cells preprocessed"):
+        if source in outputs:
+            runs.append(("umint", source.removesuffix(" cells preprocessed"), outputs[source], {}))
+            if not small:  # the plain-AE baseline beside UMINT
+                runs.append(
+                    ("ae", source.removesuffix(" cells preprocessed"), outputs[source], {})
+                )
+    done: dict[str, str] = {}
+    table = []
+    for model, data_name, data, model_config in runs:
+        _step(f"train {model} on {data_name} cells (Ray Train, 1 worker, briefly)")
+        target = str(root / f"train_{model}_{data_name.replace(' ', '_')}")
+        config = TrainConfig(
+            model_name=model,
+            data=data,
+            out=target,
+            model=model_config,
+            optim=OptimConfig(epochs=3 if small else 15, lr=1e-3),
+            label_key="cell_type",
+            overwrite=True,
+        )
+        metrics = run.train(config, **kw)
+        table.append(
+            {"model": model, "data": data_name, **{c: metrics.get(c) for c in TRAIN_COLUMNS}}
+        )
+        done[f"train {model} {data_name}"] = target
+    if table:
+        import pandas as pd
+
+        print("\n" + pd.DataFrame(table).to_string(index=False, float_format="%.3f"))
+    return done
