@@ -1,6 +1,10 @@
-"""Pure metrics on arrays: batch mixing (ASW, iLISI, graph connectivity, ARI) and replicate mAP.
+"""Pure metrics on arrays: batch mixing, clustering, the NeurIPS 2021 task scores, replicate mAP.
 
-numpy, scipy, sklearn and copairs only: no Ray, no MLflow, no file I/O.
+Batch mixing (ASW, iLISI, graph connectivity, ARI); clustering agreement and quality (NMI,
+FMI, silhouette, Davies-Bouldin); the multimodal challenge's scores (predict RMSE, match score
+and matching-format check, the six-metric embedding score) on one shared kNN graph, exact or
+approximate by size; replicate mAP of plate profiles. numpy, scipy, sklearn, scanpy and
+copairs only: no Ray, no MLflow, no file I/O.
 """
 
 from raymmi.metrics._batch import (
@@ -12,15 +16,67 @@ from raymmi.metrics._batch import (
     kmeans_ari,
     lisi,
 )
+from raymmi.metrics._challenge import (
+    MAX_MATCH_NONZERO,
+    MatchingError,
+    check_matching,
+    match_probabilities,
+    match_score,
+    rmse,
+)
+from raymmi.metrics._cluster import (
+    davies_bouldin,
+    fowlkes_mallows,
+    label_asw,
+    normalized_mutual_info,
+    silhouette,
+)
+from raymmi.metrics._embed import (
+    CHALLENGE_RESOLUTIONS,
+    EMBED_METRICS,
+    EmbedScores,
+    OptimalClustering,
+    cell_cycle_conservation,
+    cell_cycle_scores,
+    embed_score,
+    leiden,
+    optimal_leiden_nmi,
+    trajectory_conservation,
+)
+from raymmi.metrics._neighbors import APPROXIMATE_ABOVE, NeighborGraph, neighbor_graph
 from raymmi.metrics._profiles import replicate_map
 
 __all__ = [
+    "APPROXIMATE_ABOVE",
+    "CHALLENGE_RESOLUTIONS",
+    "EMBED_METRICS",
+    "MAX_MATCH_NONZERO",
+    "EmbedScores",
+    "MatchingError",
+    "NeighborGraph",
+    "OptimalClustering",
     "adjusted_rand",
     "batch_asw",
     "batch_silhouette",
+    "cell_cycle_conservation",
+    "cell_cycle_scores",
+    "check_matching",
+    "davies_bouldin",
+    "embed_score",
+    "fowlkes_mallows",
     "graph_connectivity",
     "ilisi",
     "kmeans_ari",
+    "label_asw",
+    "leiden",
     "lisi",
+    "match_probabilities",
+    "match_score",
+    "neighbor_graph",
+    "normalized_mutual_info",
+    "optimal_leiden_nmi",
     "replicate_map",
+    "rmse",
+    "silhouette",
+    "trajectory_conservation",
 ]

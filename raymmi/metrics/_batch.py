@@ -8,11 +8,11 @@ numpy, scipy and sklearn only: no Ray, no MLflow, no file I/O.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_samples, silhouette_score
 from sklearn.neighbors import NearestNeighbors
+
+from raymmi.metrics._neighbors import largest_component_share
 
 # harmonypy compute_simpson: bisection tolerance on the entropy and number of tries.
 _LISI_TOL = 1e-5
@@ -252,14 +252,7 @@ def graph_connectivity(x: np.ndarray, labels: np.ndarray, *, n_neighbors: int = 
     x, labels = _check_rows(x, labels, name="graph_connectivity")
     k = max(1, min(n_neighbors, x.shape[0] - 1))
     graph = NearestNeighbors(n_neighbors=k).fit(x).kneighbors_graph(x, mode="connectivity")
-    graph = sp.csr_matrix(graph)
-    graph = graph.maximum(graph.T)
-    shares = []
-    for group in np.unique(labels):
-        rows = np.flatnonzero(labels == group)
-        _, comp = connected_components(graph[rows][:, rows], directed=False)
-        shares.append(np.bincount(comp).max() / len(rows))
-    return float(np.mean(shares))
+    return largest_component_share(graph, labels)
 
 
 def adjusted_rand(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
