@@ -217,3 +217,61 @@ def test_cli_reports_bad_set_key(tmp_path, capsys):
     assert code == 2
     assert "did you mean 'lr'" in capsys.readouterr().err
     assert not any(Path(tmp_path).iterdir())
+
+
+def _atac_only(source: str, out: str) -> str:
+    """A copy of ``source`` without the RNA columns: ATAC-only cells for hybrid training."""
+    import pyarrow.parquet as pq
+
+    from raymmi.io import ShardSetWriter, open_shard_set, write_part
+    from raymmi.schema import Manifest
+
+    shard = open_shard_set(source, kind="cells")
+    with ShardSetWriter(out) as writer:
+        entries = []
+        for i, uri in enumerate(shard.file_uris()):
+            table = pq.read_table(uri)
+            keep = [c for c in table.column_names if not c.startswith("rna")]
+            table = table.select(keep)
+            table = table.set_column(0, "cell_id", pa.array([f"x{v}" for v in table["cell_id"]]))
+            entries.append(write_part(writer.staging, f"part-{i:05d}.parquet", table))
+        writer.commit(
+            Manifest(
+                kind="cells",
+                files=tuple(entries),
+                metadata=tuple(c for c in shard.manifest.metadata if not c.startswith("rna")),
+                modalities=tuple(
+                    m for m in shard.manifest.modalities if not m.name.startswith("rna")
+                ),
+            )
+        )
+    return out
+
+
+@pytest.mark.slow
+def test_sailerx_hybrid_training_and_imputation_through_ray_train(multiome, tmp_path):
+    from raymmi.io import open_shard_set
+    from raymmi.run import train
+
+    extra = _atac_only(multiome, str(tmp_path / "atac_only"))
+    out = tmp_path / "sailerx"
+    config = TrainConfig(
+        model_name="sailerx",
+        data=multiome,
+        out=str(out),
+        model={"z_dim": 8, "hidden": [64, 16], "chromosome_widths": [8, 4], "gamma": 100.0},
+        optim=OptimConfig(epochs=2, batch_size=100, lr=1e-3),
+        extra_data=extra,
+        label_key="cell_type",
+        workers=1,
+    )
+    metrics = train(config)
+    # ATAC-only batches were trained with L_Inv alone (no alignment term)
+    assert metrics["extra_cells"] > 0 and "extra_recon" in metrics
+    assert "extra_local" not in metrics and "train_local" in metrics
+    assert "reference_ari" in metrics and "ari" in metrics
+    shard = open_shard_set(str(out / "embeddings"), kind="cells")
+    names = [m.name for m in shard.manifest.modalities]
+    assert names == ["X_sailerx", "atac_imputed"]
+    imputed = shard.manifest.modality("atac_imputed")
+    assert len(imputed.features) == 800

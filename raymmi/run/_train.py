@@ -517,6 +517,8 @@ def _epoch_metrics(total: Mapping[str, float], world: int, epoch: int) -> dict[s
         for key, value in total.items():
             if key.startswith(prefix) and key != count and n:
                 metrics[key] = value / n
+    if total.get("extra_cells"):
+        metrics["extra_cells"] = total["extra_cells"]
     for key, value in total.items():
         if key.startswith("score_"):
             metrics[key[len("score_") :]] = value / world
