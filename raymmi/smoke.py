@@ -8,6 +8,7 @@ from pathlib import Path
 from raymmi import testing
 
 SMOKE_PLATES = {"n_plates": 2, "n_features": 12, "n_batches": 2, "wells_per_plate": 96}
+SMOKE_CELLS = {"n_cells": 400, "n_genes": 200, "n_peaks": 300, "chunk_size": 200, "seed": 0}
 
 
 def smoke_dir(out: str | None) -> Path:
@@ -52,6 +53,32 @@ def smoke_argv(stage: str, out: str | None) -> list[str]:
         source = root / "plates"
         run.generate_plates(spec, out=str(source), overwrite=True)
         return ["export", str(source), "--out", str(root / "plates.parquet"), "--overwrite"]
+    if stage == "train":
+        from raymmi import run
+        from raymmi.cells import PreprocessCellsConfig
+        from raymmi.config import from_dict
+
+        spec_c = testing.CellSetSpec(**SMOKE_CELLS)
+        run.generate_cells(spec_c, out=str(root / "cells"), overwrite=True)
+        config = from_dict(PreprocessCellsConfig, {"rna": {"pca": {"n_comps": 8}}})
+        run.preprocess_cells(
+            config, source=str(root / "cells"), out=str(root / "cells_pre"), overwrite=True
+        )
+        return [
+            "train",
+            "sailerx",
+            "--data",
+            str(root / "cells_pre"),
+            "--out",
+            str(root / "sailerx"),
+            "--overwrite",
+            "--epochs",
+            "1",
+            "--label-key",
+            "cell_type",
+            *("--set", "model.z_dim=4", "--set", "model.hidden=[32,8]"),
+            *("--set", "model.chromosome_widths=[4,2]", "--set", "optim.batch_size=100"),
+        ]
     msg = f"no smoke test for stage {stage!r}"
     raise ValueError(msg)
 

@@ -36,3 +36,14 @@ def test_smoke_test(tmp_path, job, output):
 def test_job_passes_arguments_through(tmp_path, capsys):
     assert _job("export").main([str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_train_job_smoke_test(tmp_path):
+    import json
+
+    assert _job("train").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "sailerx" / "metrics.json").read_text())
+    assert "ari" in metrics and "reference_ari" in metrics
+    assert open_shard_set(str(tmp_path / "sailerx" / "embeddings")).manifest.num_rows == 400
