@@ -112,6 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--extra-data", help="SAILERX hybrid training: ATAC-only cells set")
     _common(tr)
 
+    tu = sub.add_parser("tune", help="hyperparameter search of Ray Train runs with Ray Tune")
+    tu.add_argument("model", help="registered model name (sailerx, umint, ae, dae, sae ...)")
+    tu.add_argument("--data", help="cells shard set (from raymmi preprocess cells)")
+    tu.add_argument("--out", help="output folder (results.csv, best.yaml, trials/, tune/)")
+    tu.add_argument("--space", required=True, help="search space YAML (jobs/configs/tune_*.yaml)")
+    tu.add_argument("--trials", type=int, help="configurations to try (grid: all of them)")
+    tu.add_argument("--metric", required=True, help="reported metric (val_loss, val_ari ...)")
+    tu.add_argument("--mode", required=True, choices=["max", "min"], help="optimize direction")
+    tu.add_argument("--scheduler", choices=["asha", "none"], default="asha")
+    tu.add_argument("--search", choices=["optuna", "random", "grid"], default="optuna")
+    tu.add_argument("--seeds", type=int, default=1, help="trainings per configuration")
+    tu.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
+    tu.add_argument("--name", help="search name (MLflow parent run, Tune experiment)")
+    tu.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    tu.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a stop")
+    tu.add_argument("--reduction-factor", type=int, default=3, help="ASHA: halving rate")
+    tu.add_argument("--search-seed", type=int, default=0, help="seed of the sampler")
+    tu.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
+    tu.add_argument("--label-key", help="obs column with labels: val_ari/val_nmi metrics")
+    tu.add_argument("--workers", type=int, help="Ray Train workers per trial")
+    tu.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: auto)")
+    _common(tu)
+
     sel = sub.add_parser("select", help="drop features as pycytominer feature_select would")
     sel.add_argument("source", nargs="?", help="plates shard set")
     sel.add_argument("--out", help="output shard set")
@@ -405,6 +428,64 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from raymmi.run import tune
+    from raymmi.tune_space import TuneConfig
+
+    flags = {
+        "model_name": args.model,
+        "data": args.data,
+        "out": args.out,
+        "workers": args.workers,
+        "cpus_per_worker": args.cpus_per_worker,
+        "label_key": args.label_key,
+    }
+    if args.epochs is not None:
+        args.set = [*args.set, f"optim.epochs={args.epochs}"]
+    base = _settings(TrainConfig, args, flags, where="tune")
+    settings = TuneConfig(
+        space=args.space,
+        out=base.out,
+        metric=args.metric,
+        mode=args.mode,
+        trials=args.trials,
+        seeds=args.seeds,
+        search=args.search,
+        scheduler=args.scheduler,
+        max_concurrent=args.max_concurrent,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        name=args.name,
+        seed=args.search_seed,
+    )
+    outcome = tune(
+        settings,
+        base,
+        ray_config=_ray(args),
+        tracking=_tracking(args),
+        resume=args.resume,
+        overwrite=bool(args.overwrite),
+    )
+    from raymmi.run._tune import summary_lines
+
+    for note in outcome.notes:
+        print(f"note: {note}")
+    trials = outcome.trials
+    print(
+        f"searched {len(outcome.results)} configurations in {len(trials)} trials "
+        f"({int((trials['status'] == 'stopped').sum())} stopped early, "
+        f"{int((trials['status'] == 'error').sum())} failed) in {outcome.wall_seconds:.0f} s"
+    )
+    print("\n".join(summary_lines(outcome, args.metric)))
+    print(
+        f"best configuration: {outcome.out}/best.yaml (retrain: raymmi train {args.model} "
+        f"--config {outcome.out}/best.yaml --out DIR)"
+    )
+    if outcome.parent_run_id:
+        print(f"MLflow: {outcome.tracking_uri} run {outcome.parent_run_id}")
+    return 0
+
+
 TRAIN_SUMMARY = (
     "train_loss",
     "val_loss",
@@ -435,6 +516,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "normalize": _normalize,
     "select": _select,
     "train": _train,
+    "tune": _tune,
     "preprocess": _preprocess,
     "export": _export,
     "generate": _generate,

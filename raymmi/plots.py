@@ -323,3 +323,163 @@ def embedding_scatter(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def metric_heatmap(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    metric: str,
+    *,
+    log_x: bool = False,
+    log_y: bool = False,
+    bins: int = 6,
+    mode: str = "max",
+    title: str = "",
+) -> Figure:
+    """Mean of ``metric`` over two searched parameters, one cell per bin pair.
+
+    Parameters
+    ----------
+    frame
+        One row per configuration (``raymmi tune``'s ``results.csv``) with columns ``x``,
+        ``y`` and ``metric``.
+    x, y
+        Parameter columns. Numeric ones with more than ``bins`` distinct values are binned
+        (log-spaced when ``log_x``/``log_y``); others keep one row/column per value.
+    metric
+        Column averaged per cell; cells without a configuration stay blank.
+    mode
+        ``"max"`` or ``"min"``: which end of the colour scale is better (drawn bright).
+    title
+        Figure title.
+    """
+
+    def _axis_bins(values: pd.Series, bins: int, log: bool) -> tuple[np.ndarray, list[str]]:
+        # cell index of every value, and the cells' labels (one per value, or numeric bins)
+        import itertools
+
+        numeric = pd.to_numeric(values, errors="coerce")
+        distinct = sorted(values.astype(str).unique())
+        if numeric.isna().any() or values.nunique() <= bins:
+            if not numeric.isna().any():
+                order = sorted(values.unique())
+                lookup = {v: i for i, v in enumerate(order)}
+                return values.map(lookup).to_numpy(), [f"{v:.3g}" for v in order]
+            lookup = {v: i for i, v in enumerate(distinct)}
+            return values.astype(str).map(lookup).to_numpy(), distinct
+        arr = numeric.to_numpy(dtype=float)
+        low, high = float(arr.min()), float(arr.max())
+        if log and low > 0:
+            edges = np.geomspace(low, high, bins + 1)
+        else:
+            edges = np.linspace(low, high, bins + 1)
+        index = np.clip(np.searchsorted(edges, arr, side="right") - 1, 0, bins - 1)
+        labels = [f"{a:.3g}-{b:.3g}" for a, b in itertools.pairwise(edges)]
+        return index, labels
+
+    data = frame[[x, y, metric]].dropna(subset=[metric])
+    xs, x_labels = _axis_bins(data[x], bins, log_x)
+    ys, y_labels = _axis_bins(data[y], bins, log_y)
+    grid = np.full((len(y_labels), len(x_labels)), np.nan)
+    cells = pd.DataFrame({"x": xs, "y": ys, "m": data[metric].to_numpy(dtype=float)})
+    for (i, j), value in cells.groupby(["y", "x"])["m"].mean().items():
+        grid[int(i), int(j)] = value
+    fig = _figure(1.2 + 0.9 * len(x_labels), 1.2 + 0.6 * len(y_labels))
+    ax = fig.subplots()
+    cmap = "viridis" if mode == "max" else "viridis_r"
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", origin="lower")
+    for (i, j), value in np.ndenumerate(grid):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xticks(np.arange(len(x_labels)), x_labels, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(np.arange(len(y_labels)), y_labels, fontsize=7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    fig.colorbar(image, ax=ax, label=f"{metric} (mean per cell)")
+    ax.set_title(title or f"{metric} over {x} x {y}", fontsize=9)
+    return fig
+
+
+def parallel_coordinates(
+    frame: pd.DataFrame,
+    params: Sequence[str],
+    metric: str,
+    *,
+    log: Sequence[str] = (),
+    mode: str = "max",
+    highlight: int | None = None,
+    title: str = "",
+) -> Figure:
+    """One line per configuration across parameter axes and the metric, coloured by the metric.
+
+    Parameters
+    ----------
+    frame
+        One row per configuration with the ``params`` columns and ``metric``.
+    params
+        Parameter columns, one vertical axis each (numeric axes span their min to max, on a
+        log scale for those in ``log``; others space their values evenly).
+    metric
+        The last axis and the line colour.
+    mode
+        ``"max"`` or ``"min"``: which end of the colour scale is better (drawn bright).
+    highlight
+        Row position (in ``frame``) drawn thick in red, e.g. the best configuration.
+    title
+        Figure title.
+    """
+    from matplotlib import colormaps
+
+    data = frame.reset_index(drop=True)
+    axes_names = [*params, metric]
+    scaled = np.zeros((len(data), len(axes_names)))
+    ticks: list[list[tuple[float, str]]] = []
+    for k, name in enumerate(axes_names):
+        column = data[name]
+        numeric = pd.to_numeric(column, errors="coerce")
+        if numeric.notna().all() and len(column):
+            x = numeric.to_numpy(dtype=float)
+            use_log = name in log and (x > 0).all()
+            t = np.log10(x) if use_log else x
+            low, high = float(np.nanmin(t)), float(np.nanmax(t))
+            span = high - low or 1.0
+            scaled[:, k] = (t - low) / span
+            ends = (10**low, 10**high) if use_log else (low, high)
+            ticks.append([(0.0, f"{ends[0]:.3g}"), (1.0, f"{ends[1]:.3g}")])
+        else:
+            values = list(dict.fromkeys(column.astype(str)))
+            step = 1.0 / max(1, len(values) - 1)
+            lookup = {v: i * step for i, v in enumerate(values)}
+            scaled[:, k] = column.astype(str).map(lookup).to_numpy()
+            ticks.append([(lookup[v], v) for v in values])
+    fig = _figure(1.6 + 1.5 * len(axes_names), 4.2)
+    ax = fig.subplots()
+    score = pd.to_numeric(data[metric], errors="coerce").to_numpy(dtype=float)
+    finite = score[np.isfinite(score)]
+    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    cmap = colormaps["viridis" if mode == "max" else "viridis_r"]
+    positions = np.arange(len(axes_names))
+    for i in range(len(data)):
+        if i == highlight:
+            continue
+        value = score[i]
+        color = cmap((value - low) / ((high - low) or 1.0)) if np.isfinite(value) else "0.7"
+        ax.plot(positions, scaled[i], color=color, alpha=0.8, linewidth=1.2)
+    if highlight is not None and 0 <= highlight < len(data):
+        ax.plot(positions, scaled[highlight], color="red", linewidth=3, label="best")
+        fig.legend(fontsize=7, loc="outside lower right")
+    for k, axis_ticks in enumerate(ticks):
+        ax.axvline(k, color="black", linewidth=0.8)
+        for position, label in axis_ticks:
+            ax.text(k + 0.03, position, label, fontsize=7, va="center")
+    ax.set_xticks(positions, axes_names, rotation=20, fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(axes_names) - 0.6)
+    ax.set_ylim(-0.05, 1.05)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig.colorbar(ScalarMappable(Normalize(low, high), cmap), ax=ax, label=metric)
+    ax.set_title(title or f"{len(data)} configurations", fontsize=9)
+    return fig

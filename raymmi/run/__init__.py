@@ -10,6 +10,7 @@ from raymmi.run._preprocess import preprocess_cells
 from raymmi.run._runtime import gather, init_ray
 from raymmi.run._select import select_features
 from raymmi.run._train import train
+from raymmi.run._tune import tune
 
 __all__ = [
     "evaluate_plates",
@@ -25,4 +26,5 @@ __all__ = [
     "read_dataset",
     "select_features",
     "train",
+    "tune",
 ]

@@ -1,0 +1,291 @@
+"""raymmi tune: real Ray Tune searches of Ray Train runs on small generated multiome data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from raymmi import testing
+from raymmi.config import OptimConfig, TrackingConfig, TrainConfig, from_dict, load_yaml
+from raymmi.schema import RaymmiError
+from raymmi.tune_space import TuneConfig
+
+# Small models and few epochs: every trial is a real Ray Train run, two at a time on 2 CPUs.
+SAILERX = {
+    "z_dim": 8,
+    "hidden": [64, 32],
+    "chromosome_split": False,
+    "warmup_epochs": 1,
+    "kl_cycle": 0,
+}
+AE = {"modalities": ["rna_hvg", "atac_lsi"], "hidden": [32], "bottleneck": 8}
+
+
+@pytest.fixture(scope="module")
+def multiome(ray_session, tmp_path_factory) -> str:
+    """600 preprocessed multiome cells (rna, rna_hvg, rna_pca, atac, atac_lsi), 4 cell types."""
+    from raymmi.cells import PreprocessCellsConfig
+    from raymmi.run import generate_cells, preprocess_cells
+
+    root = tmp_path_factory.mktemp("tune")
+    spec = testing.CellSetSpec(
+        n_cells=600, n_genes=300, n_peaks=600, n_cell_types=4, chunk_size=300, seed=3
+    )
+    off = TrackingConfig(enabled=False)
+    generate_cells(spec, out=str(root / "raw"), tracking=off)
+    config = from_dict(PreprocessCellsConfig, {"rna": {"pca": {"n_comps": 10}}})
+    preprocess_cells(config, source=str(root / "raw"), out=str(root / "pre"), tracking=off)
+    return str(root / "pre")
+
+
+def _space(tmp_path: Path, data: dict) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _children(parent_run_id: str) -> pd.DataFrame:
+    import mlflow
+
+    return mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    )
+
+
+@pytest.mark.slow
+def test_asha_optuna_search_over_gamma_and_lambda(multiome, tmp_path):
+    import mlflow
+
+    from raymmi.run import tune
+
+    out = tmp_path / "search"
+    settings = TuneConfig(
+        space=_space(
+            tmp_path,
+            {"model": {"gamma": {"loguniform": [10, 1e5]}, "lam": {"loguniform": [0.01, 100]}}},
+        ),
+        out=str(out),
+        metric="val_loss",
+        mode="min",
+        trials=8,
+        search="optuna",
+        scheduler="asha",
+        max_concurrent=8,  # more than 2 CPUs can place: capped, not a deadlock
+        reduction_factor=2,
+        name="gamma-lambda",
+    )
+    base = TrainConfig(
+        model_name="sailerx",
+        data=multiome,
+        out=str(out),
+        model=SAILERX,
+        optim=OptimConfig(epochs=4, batch_size=64, lr=1e-3),
+        label_key="cell_type",
+        impute=False,
+    )
+    started = time.perf_counter()
+    outcome = tune(settings, base)
+    print(f"8-trial ASHA + Optuna search: {time.perf_counter() - started:.0f} s")
+    assert any("capping at 2" in note for note in outcome.notes)
+
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 8
+    assert (trials["status"] == "stopped").sum() >= 1  # ASHA stopped at least one early
+    assert (trials["status"] == "error").sum() == 0
+    stopped = trials[trials["status"] == "stopped"]
+    assert (stopped["epochs"] < 4).all()
+    assert (trials.loc[trials["status"] == "completed", "epochs"] == 4).all()
+
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 8 and list(results["rank"]) == list(range(1, 9))
+    best = results.iloc[0]
+    assert best["all_completed"]
+    completed = results[results["all_completed"]]
+    assert best["val_loss_mean"] == completed["val_loss_mean"].min()
+
+    # best.yaml is a training config: `raymmi train sailerx --config best.yaml` loads it
+    tree = load_yaml(out / "best.yaml")
+    config = from_dict(TrainConfig, {**tree, "out": str(tmp_path / "retrain")})
+    assert config.model["gamma"] == pytest.approx(best["model.gamma"])
+    assert config.model["lam"] == pytest.approx(best["model.lam"])
+    assert config.model["z_dim"] == 8 and config.impute is False
+
+    # MLflow: the parent and one nested run per trial, with per-epoch metrics
+    parent = mlflow.get_run(outcome.parent_run_id)
+    children = _children(outcome.parent_run_id)
+    assert len(children) == 8  # 9 runs: 1 parent + 8 nested
+    assert set(children["tags.raymmi.trial_id"]) == set(trials["trial_id"])
+    history = mlflow.MlflowClient().get_metric_history(children.iloc[0]["run_id"], "val_loss")
+    assert len(history) >= 1
+    killed = children[children["status"] == "KILLED"]
+    assert set(killed["tags.raymmi.trial_id"]) == set(stopped["trial_id"])
+    artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "tune")}
+    assert {
+        "tune/results.csv",
+        "tune/trials.csv",
+        "tune/best.yaml",
+        "tune/heatmap.png",
+        "tune/parallel_coordinates.png",
+    } <= artifacts
+    assert parent.data.metrics["trials_stopped_early"] >= 1
+
+    # the same --out again: finished, so it refuses instead of searching again
+    with pytest.raises(RaymmiError, match="holds a finished search"):
+        tune(settings, base)
+
+
+def _cli_args(multiome: str, out: Path, space: str, *extra: str) -> list[str]:
+    return [
+        "tune",
+        "ae",
+        "--data",
+        multiome,
+        "--out",
+        str(out),
+        "--space",
+        space,
+        "--metric",
+        "val_loss",
+        "--mode",
+        "min",
+        "--search",
+        "grid",
+        "--scheduler",
+        "none",
+        "--max-concurrent",
+        "2",
+        "--epochs",
+        "2",
+        "--set",
+        f"model={json.dumps(AE)}",
+        "--set",
+        "impute=false",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_rerunning_finished_trials(multiome, tmp_path):
+    import ray
+
+    from raymmi.cli import main
+
+    space = _space(
+        tmp_path, {"model.alpha": {"grid": [1e-4, 1e-3]}, "optim.lr": {"grid": [1e-3, 3e-3]}}
+    )
+    out = tmp_path / "killed"
+    args = _cli_args(multiome, out, space)
+    # the search's driver in its own process on this session's Ray, killed once two trials
+    # have finished training
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raymmi.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 420
+    try:
+        while len(list(out.glob("trials/*/trial.json"))) < 2:
+            assert driver.poll() is None, "the search ended before it could be killed"
+            assert time.monotonic() < deadline, "no two trials finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("trials/*/trial.json")}
+    assert not (out / "best.yaml").exists()
+    time.sleep(3)  # Ray notices the dead driver and frees its trials' resources
+
+    # rerunning without --resume refuses, and names the fix
+    assert main(args) == 2
+    assert main([*args, "--resume"]) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "completed").all()
+    for trial_id, mtime in finished.items():
+        # not trained again: its saved result is untouched, and it has one MLflow run
+        assert (out / "trials" / trial_id / "trial.json").stat().st_mtime_ns == mtime
+    saved = json.loads((out / "search.json").read_text())
+    children = _children(saved["parent_run_id"])
+    per_trial = children.groupby("tags.raymmi.trial_id").size()
+    assert all(per_trial[t] == 1 for t in finished)
+    assert set(trials["trial_id"]) <= set(per_trial.index)
+    assert (out / "best.yaml").exists()
+    assert len(pd.read_csv(out / "results.csv")) == 4
+
+
+@pytest.mark.slow
+def test_seeds_give_mean_and_sd_per_configuration(multiome, tmp_path, capsys):
+    from raymmi.cli import main
+
+    space = _space(tmp_path, {"model.alpha": {"grid": [1e-4, 1e-2]}})
+    out = tmp_path / "seeds"
+    args = _cli_args(multiome, out, space, "--seeds", "2", "--set", "optim.seed=5")
+    args[args.index("--epochs") + 1] = "1"
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "searched 2 configurations in 4 trials" in printed
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials["seed"]) == [5, 5, 6, 6]
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 2
+    assert {"val_loss_mean", "val_loss_sd", "val_loss", "seeds"} <= set(results.columns)
+    assert (results["seeds"] == 2).all()
+    for _, row in results.iterrows():
+        values = trials.loc[trials["config_id"] == row["config_id"], "val_loss"]
+        assert row["val_loss_mean"] == pytest.approx(values.mean())
+        assert row["val_loss_sd"] == pytest.approx(values.std(ddof=1))
+        assert "±" in row["val_loss"]
+    assert results["val_loss_mean"].is_monotonic_increasing  # ranked by the mean (min)
+    assert load_yaml(out / "best.yaml")["optim"]["seed"] == 5
+
+
+def test_bad_input_is_refused_before_any_trial(multiome, tmp_path, capsys):
+    from raymmi.cli import main
+
+    def run(space: dict, *extra: str) -> str:
+        out = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        code = main(
+            [
+                "tune",
+                "sailerx",
+                "--data",
+                multiome,
+                "--out",
+                str(out),
+                "--space",
+                _space(tmp_path, space),
+                "--trials",
+                "2",
+                *extra,
+            ]
+        )
+        assert code == 2
+        assert not out.exists()  # nothing written, no trial started
+        return capsys.readouterr().err
+
+    ok = {"model.gamma": {"loguniform": [10, 1e5]}}
+    metric = ["--metric", "val_loss", "--mode", "min"]
+    assert "did you mean model.gamma" in run({"model.gama": {"loguniform": [10, 1e5]}}, *metric)
+    assert "empty range: low 100 >= high 10" in run(
+        {"model.lam": {"loguniform": [100, 10]}}, *metric
+    )
+    assert "empty range: choice lists no value" in run({"model.z_dim": {"choice": []}}, *metric)
+    err = run(ok, "--metric", "val_los", "--mode", "min")
+    assert "is not reported by 'sailerx'" in err and "did you mean val_loss" in err
+    assert "val_local" in err  # the model's own loss terms are listed
+    assert "needs labels: give --label-key" in run(ok, "--metric", "val_ari", "--mode", "max")
+    assert "scored once after training" in run(
+        ok, "--metric", "ari", "--mode", "max", "--label-key", "cell_type"
+    )
