@@ -777,9 +777,12 @@ def _embed_task(
                 imputed = model.impute(batch) if impute else None
                 reference = model.reference(batch)
             arrays = {c: table.column(c) for c in keep}
-            arrays[f"X_{plan.model_name}"] = dense_to_list(z)
+            outputs = {f"X_{plan.model_name}": z}
             for name, values in (imputed or {}).items():
-                arrays[f"{name}_imputed"] = dense_to_list(values.float().numpy())
+                outputs[f"{name}_imputed"] = values.float().numpy()
+            for name, values in outputs.items():  # the cells layout: values + row sums
+                arrays[name] = dense_to_list(values)
+                arrays[depth_column(name)] = pa.array(values.sum(axis=1, dtype=np.float32))
             out = pa.table(arrays)
             if writer is None:
                 writer = PartWriter(staging, f"part-{index:05d}.parquet", out.schema)
