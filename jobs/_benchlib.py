@@ -19,22 +19,31 @@ def fresh_process_pool() -> cf.ProcessPoolExecutor:
 
 
 def timed_peak(fn: Callable[..., Any], *args: Any) -> tuple[float, float]:
-    """Run ``fn(*args)`` (in the calling process): seconds and peak RSS growth in MiB."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Run ``fn(*args)`` (in the calling process): seconds and peak RSS growth in MiB.
+
+    Growth of the peak (``ru_maxrss``) above the RSS *now*, not above the earlier peak: a
+    process whose imports peaked higher than ``fn`` would otherwise report 0.
+    """
+    before = _self_rss() / 1024  # KiB, as ru_maxrss on Linux
     start = time.perf_counter()
     fn(*args)
     seconds = time.perf_counter() - start
-    return seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return seconds, max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 
 
 def worker_rss() -> int:
+    """Summed RSS of this process's Ray workers.
+
+    Only descendants of this process (the local Ray it started): other sessions' Ray workers
+    on a shared machine are not ours to count.
+    """
     import psutil
 
     total = 0
-    for proc in psutil.process_iter(["name", "cmdline"]):
+    for proc in psutil.Process().children(recursive=True):
         try:
-            name = proc.info["name"] or ""
-            cmd = " ".join(proc.info["cmdline"] or [])
+            name = proc.name() or ""
+            cmd = " ".join(proc.cmdline() or [])
             if name.startswith("ray::") or "default_worker.py" in cmd:
                 total += proc.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -42,17 +51,32 @@ def worker_rss() -> int:
     return total
 
 
+def _self_rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
 class PeakSampler:
-    def __init__(self) -> None:
-        self.idle = worker_rss()
+    """Peak RSS of the Ray workers (and, with ``include_self``, this driver) while active.
+
+    Sampled every 20 ms; :attr:`growth_mib` is the peak above the level at construction.
+    """
+
+    def __init__(self, *, include_self: bool = False) -> None:
+        self._include_self = include_self
+        self.idle = self._sample()
         self.peak = self.idle
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, worker_rss())
+            self.peak = max(self.peak, self._sample())
             time.sleep(0.02)
+
+    def _sample(self) -> int:
+        return worker_rss() + (_self_rss() if self._include_self else 0)
 
     def __enter__(self) -> PeakSampler:
         self._thread.start()

@@ -228,3 +228,29 @@ def test_bad_inputs(tmp_path, generated, capsys):
         tracking=TrackingConfig(enabled=False),
     )
     fails(str(cells), "--out", str(out), match="this stage needs 'plates'")
+
+
+@pytest.mark.parametrize(
+    ("method", "reference"), [("mad_robustize", "negcon"), ("combat", "negcon")]
+)
+def test_plates_split_over_several_files(tmp_path, generated, method, reference):
+    """A plate stored as several parts (two sources) is read whole: same result as one part."""
+    _, source = generated
+    raw = open_shard_set(str(source)).read_table().to_pandas()
+    halves = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    odd = np.arange(len(raw)) % 2 == 1
+    raw[~odd].to_parquet(halves[0], index=False)
+    raw[odd].to_parquet(halves[1], index=False)
+    split = tmp_path / "split"
+    assert _run("ingest", "plates", *map(str, halves), "--out", str(split)) == 0
+    m = open_shard_set(str(split)).manifest
+    assert len(m.files) == 2 * len(m.plates)
+    args = ["--method", method, "--reference", reference]
+    assert _run("normalize", str(split), "--out", str(tmp_path / "s"), *args) == 0
+    assert _run("normalize", str(source), "--out", str(tmp_path / "w"), *args) == 0
+    out = open_shard_set(str(tmp_path / "s")).manifest
+    assert len(out.files) == len(out.plates)  # one part per plate
+    got, whole = _frame(tmp_path / "s"), _frame(tmp_path / "w")
+    features = list(m.features)
+    np.testing.assert_allclose(got[features].to_numpy(), whole[features].to_numpy(), atol=1e-6)
+    assert (got[KEYS].to_numpy() == whole[KEYS].to_numpy()).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import sys
 import time
 from collections import Counter, defaultdict
@@ -238,20 +239,54 @@ def _log_output(run: Run, out: str, manifest: Manifest, started: float) -> None:
     )
 
 
+def _generated_table(frame: Any, schema: pa.Schema, features: Sequence[str]) -> pa.Table:
+    """One generated plate (a DataFrame) as a table of ``schema``, with no per-column pandas.
+
+    ``pa.Table.from_pandas`` plus the ingest's validation cost ~90 ms a 384 x 1,000 plate;
+    the generator's output is valid by construction (float32 features, one plate, unique
+    wells), so the features go straight from its one float32 block to Arrow (~3 ms).
+    """
+    import numpy as np
+
+    values = np.ascontiguousarray(frame[list(features)].to_numpy(dtype=np.float32).T)
+    n_meta = len(schema) - len(features)
+    arrays: list[pa.Array] = [
+        pa.array(frame[schema.field(i).name].to_numpy(), type=schema.field(i).type)
+        for i in range(n_meta)
+    ]
+    arrays += [pa.array(values[j]) for j in range(len(features))]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 @ray.remote(num_cpus=1)
 def _generate_plates(
     spec: Any, indices: list[int], staging: str, plan: tables.IngestPlan
 ) -> tables.SourceSummary:
-    from raymmi import testing
+    """Generate and write the plates ``indices``, one part per plate (memory: one plate)."""
+    import numpy as np
 
-    frames = (
-        pa.Table.from_pandas(testing.generate_plate(spec, i), preserve_index=False)
-        for i in indices
-    )
-    source = f"generated plates {indices[0]}..{indices[-1]}"
-    return tables.ingest_tables(
-        frames, staging, source=source, part_name="part-00000.parquet", plan=plan
-    )
+    from raymmi import testing
+    from raymmi.io._shardset import PartWriter
+    from raymmi.schema import NEGCON, PLATE, plate_dir
+
+    schema = plan.stored_schema()
+    summary = tables.SourceSummary(source=f"generated plates {indices[0]}..{indices[-1]}")
+    for i in indices:
+        table = _generated_table(testing.generate_plate(spec, i), schema, plan.features)
+        plate = table.column(PLATE)[0].as_py()
+        summary.rows_per_plate[plate] += table.num_rows
+        summary.negcon_per_plate[plate] += int(np.sum(table.column(NEGCON).to_numpy()))
+        for name in plan.features:
+            bad = table.column(name).null_count + int(
+                np.count_nonzero(~np.isfinite(table.column(name).to_numpy()))
+            )
+            if bad:
+                summary.nonfinite_per_column[name] += bad
+        relpath = posixpath.join(plate_dir(plate), "part-00000.parquet")
+        with PartWriter(staging, relpath, schema, plate=plate) as part:
+            part.write(table)
+        summary.files.append(part.close())
+    return summary
 
 
 def generate_plates(
