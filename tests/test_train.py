@@ -154,6 +154,9 @@ def test_two_worker_ddp_run_learns_checkpoints_and_writes_embeddings(multiome, t
     assert state["epoch"] == 3
     checkpoints = sorted(p.name for p in (out / "checkpoints" / "train").glob("epoch-*"))
     assert checkpoints == ["epoch-00002", "epoch-00003"]  # keep_checkpoints=2
+    last = json.loads((out / "checkpoints" / "train" / "epoch-00003" / "state.json").read_text())
+    losses = [row["train_loss"] for row in last["history"]]
+    assert len(losses) == 4 and losses[-1] < losses[0]  # the loss falls
     weights = torch.load(out / "model.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in weights.values())
     # DDP: both ranks hold the same weights after every epoch's steps
