@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import posixpath
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -333,13 +334,24 @@ def _plate_columns(shard_set: ShardSet, files: list[FileEntry], columns: list[st
     return _matrix(table, columns).astype(np.float64)
 
 
-def _stream(refs: Sequence[ray.ObjectRef], *, desc: str, unit: str) -> Iterator[Any]:
-    """Yield task results as they finish, so the driver reduces them without holding all.
+def _stream(
+    submit: Callable[[PlateGroup], ray.ObjectRef],
+    groups: Sequence[PlateGroup],
+    *,
+    desc: str,
+    unit: str,
+) -> Iterator[Any]:
+    """Run ``submit(group)`` for every group, at most a few tasks in flight; yield results.
 
-    The first failure cancels the remaining tasks and is raised as the task's own exception.
+    Results come as tasks finish, so the driver reduces them without holding them all; and
+    only ``_TASKS_PER_CPU`` tasks a CPU are submitted at a time, so the driver's and the
+    object store's share of task arguments does not grow with the data set. The first failure
+    cancels the tasks in flight and is raised as the task's own exception.
     """
-    pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit=unit, disable=None) as bar:
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    todo = iter(groups)
+    pending = [submit(g) for g in itertools.islice(todo, _TASKS_PER_CPU * cpus)]
+    with tqdm(total=len(groups), desc=desc, unit=unit, disable=None) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
@@ -349,8 +361,21 @@ def _stream(refs: Sequence[ray.ObjectRef], *, desc: str, unit: str) -> Iterator[
                     ray.cancel(ref, force=True)
                 cause = err.cause if isinstance(err.cause, BaseException) else err
                 raise cause from None
+            following = next(todo, None)
+            if following is not None:
+                pending.append(submit(following))
             bar.update(1)
             yield value
+
+
+def _task_view(shard_set: ShardSet) -> ShardSet:
+    """The input as tasks see it: location, metadata and features, without the file list.
+
+    Each task gets its own plates' files; the whole manifest per task made task arguments
+    grow as plates x tasks (measured: +207 MiB peak at 1M wells, +549 MiB at 6.6M).
+    """
+    m = dataclasses.replace(shard_set.manifest, files=(), producer={}, parents=(), extra={})
+    return ShardSet(uri=shard_set.uri, manifest=m)
 
 
 def _groups(by_plate: Mapping[str, list[FileEntry]]) -> list[PlateGroup]:
@@ -398,7 +423,8 @@ def _fit_global(
             if zero.size:
                 # gather only the zero-spread columns of every row: the rare fallback
                 names = [shard_set.manifest.features[i] for i in zero]
-                refs = [_plate_columns.remote(shard_set, fs, names) for fs in by_plate.values()]
+                view = ray.put(_task_view(shard_set))
+                refs = [_plate_columns.remote(view, fs, names) for fs in by_plate.values()]
                 block = np.concatenate(gather(refs, desc="fallback columns", unit="plate"))
                 spread_all[zero] = P.fit_location_scale(block, method=config.method)[1]
         fits[scope] = P.fit_global(
@@ -435,10 +461,16 @@ def _run_one_pass(
     staging: str,
     meta_schema: pa.Schema,
 ) -> tuple[list[_PlateInfo], pd.DataFrame, list[str]]:
-    refs = [_one_pass.remote(shard_set, g, config, staging, meta_schema) for g in groups]
+    view = ray.put(_task_view(shard_set))
     infos: list[_PlateInfo] = []
     reports = []
-    for result in _stream(refs, desc="normalize plates", unit="task"):
+    results = _stream(
+        lambda g: _one_pass.remote(view, g, config, staging, meta_schema),
+        groups,
+        desc="normalize plates",
+        unit="task",
+    )
+    for result in results:
         infos.extend(result.plates)
         if result.report is not None:
             reports.append(result.report)
@@ -461,11 +493,17 @@ def _run_two_passes(
     meta_schema: pa.Schema,
 ) -> tuple[list[_PlateInfo], pd.DataFrame, list[str]]:
     features = list(shard_set.manifest.features)
-    refs = [_stats_pass.remote(shard_set, g, config) for g in groups]
+    view = ray.put(_task_view(shard_set))
     infos: list[_PlateInfo] = []
     scopes: dict[str, _Scope] = {}
     combat: P.CombatStats | None = None
-    for result in _stream(refs, desc="plate statistics", unit="task"):
+    stats = _stream(
+        lambda g: _stats_pass.remote(view, g, config),
+        groups,
+        desc="plate statistics",
+        unit="task",
+    )
+    for result in stats:
         infos.extend(result.plates)
         combat = _merge(combat, result.combat)
         for key, part in result.scopes.items():
@@ -490,12 +528,16 @@ def _run_two_passes(
             report = P.fallback_report({p: fits[s] for p, s in plate_scope.items()}, features)
     schema = _output_schema(meta_schema, names)
     params_ref = ray.put(params)
-    apply_refs = [
-        _apply_pass.remote(shard_set, g, config, params_ref, staging, schema, len(meta_schema))
-        for g in groups
-    ]
     by_name = {i.plate: i for i in infos}
-    for written in _stream(apply_refs, desc="apply", unit="task"):
+    applied = _stream(
+        lambda g: _apply_pass.remote(
+            view, g, config, params_ref, staging, schema, len(meta_schema)
+        ),
+        groups,
+        desc="apply",
+        unit="task",
+    )
+    for written in applied:
         for plate, entry in written:
             by_name[plate].files.append(entry)
     return infos, report, list(names)
