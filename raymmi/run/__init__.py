@@ -9,10 +9,12 @@ from raymmi.run._plates import generate_plates, ingest_plates
 from raymmi.run._preprocess import preprocess_cells
 from raymmi.run._runtime import gather, init_ray
 from raymmi.run._select import select_features
+from raymmi.run._tasks import TaskConfig, run_task
 from raymmi.run._train import train
 from raymmi.run._tune import tune
 
 __all__ = [
+    "TaskConfig",
     "evaluate_plates",
     "export",
     "gather",
@@ -24,6 +26,7 @@ __all__ = [
     "normalize",
     "preprocess_cells",
     "read_dataset",
+    "run_task",
     "select_features",
     "train",
     "tune",
