@@ -135,6 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: auto)")
     _common(tu)
 
+    task = sub.add_parser("task", help="NeurIPS 2021 tasks: predict, match, embed, scored")
+    task.add_argument("task", choices=["predict", "match", "embed"])
+    task.add_argument("--data", help="paired cells shard set")
+    task.add_argument("--out", help="output folder (scores.json, predictions/matching/embedding)")
+    task.add_argument("--train-batches", help="comma-separated training batches")
+    task.add_argument("--test-batches", help="comma-separated test batches")
+    task.add_argument(
+        "--method", help="predict: mean|svd_krr|mlp; match: cca|clue; embed: pca|..."
+    )
+    task.add_argument("--source", help="predict: input modality")
+    task.add_argument("--target", help="predict: output modality")
+    task.add_argument("--modalities", help="match/embed: comma-separated modalities")
+    task.add_argument("--label-key", help="cell-type column (default cell_type)")
+    task.add_argument("--batch-key", help="batch column (default batch)")
+    task.add_argument("--epochs", type=int, help="epochs of trained methods")
+    task.add_argument("--embed-cells", choices=["test", "all"], help="embed: cells scored")
+    _common(task)
+
     sel = sub.add_parser("select", help="drop features as pycytominer feature_select would")
     sel.add_argument("source", nargs="?", help="plates shard set")
     sel.add_argument("--out", help="output shard set")
@@ -486,6 +504,36 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task(args: argparse.Namespace) -> int:
+    from raymmi import run
+
+    def listed(value: str | None) -> list[str] | None:
+        return None if value is None else [v for v in value.split(",") if v]
+
+    flags = {
+        "task": args.task,
+        "data": args.data,
+        "out": args.out,
+        "train_batches": listed(args.train_batches),
+        "test_batches": listed(args.test_batches),
+        "method": args.method,
+        "source": args.source,
+        "target": args.target,
+        "modalities": listed(args.modalities),
+        "label_key": args.label_key,
+        "batch_key": args.batch_key,
+        "epochs": args.epochs,
+        "embed_cells": args.embed_cells,
+        "overwrite": args.overwrite,
+    }
+    config = _settings(run.TaskConfig, args, flags, where="task")
+    scores = run.run_task(config, ray_config=_ray(args), tracking=_tracking(args))
+    print(f"{config.task} ({config.method or 'default method'}) scores, also in {config.out}:")
+    for name, value in scores.items():
+        print(f"  {name:28s} {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
+    return 0
+
+
 TRAIN_SUMMARY = (
     "train_loss",
     "val_loss",
@@ -516,6 +564,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "normalize": _normalize,
     "select": _select,
     "train": _train,
+    "task": _task,
     "tune": _tune,
     "preprocess": _preprocess,
     "export": _export,

@@ -156,6 +156,7 @@ def run_demo(
         outputs[f"{name} preprocessed"] = target
 
     outputs.update(_train_models(root, outputs, small=small, kw=kw))
+    outputs.update(_tasks(root, outputs, kw=kw))
 
     _step("export")
     exports = {}
@@ -163,6 +164,8 @@ def run_demo(
         suffix = ".h5ad" if "cells" in name or name.startswith("train ") else ".parquet"
         if "cells" in name and "preprocessed" not in name and f"{name} preprocessed" in outputs:
             continue  # the preprocessed set carries the raw counts too
+        if name.startswith("task "):
+            continue  # scores.json and the task's own shard set stay in its folder
         if name.startswith("train "):
             path = str(Path(path) / "embeddings")
         stem = Path(path).parent.name if name.startswith("train ") else Path(path).name
@@ -221,4 +224,42 @@ def _train_models(
         import pandas as pd
 
         print("\n" + pd.DataFrame(table).to_string(index=False, float_format="%.3f"))
+    return done
+
+
+def _tasks(root: Path, outputs: dict[str, str], *, kw: dict[str, Any]) -> dict[str, str]:
+    """The three NeurIPS 2021 tasks on the CITE starter (train s1d1, test s1d2)."""
+    data = outputs.get("CITE cells preprocessed")
+    if data is None:
+        print("(skipping the NeurIPS 2021 tasks: the CITE starter is not here)")
+        return {}
+    done: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    for task, method in (
+        ("predict", "mean"),
+        ("predict", "svd_krr"),
+        ("match", "cca"),
+        ("embed", "pca"),
+    ):
+        _step(f"task {task} ({method}) on the CITE starter: train s1d1, test s1d2")
+        target = str(root / f"task_{task}_{method}")
+        config = run.TaskConfig(
+            task=task,  # type: ignore[arg-type]
+            data=data,
+            out=target,
+            train_batches=("s1d1",),
+            test_batches=("s1d2",),
+            method=method,
+            overwrite=True,
+        )
+        scores = run.run_task(config, **kw)
+        rows.extend(
+            {"task": task, "method": method, "score": name, "value": value}
+            for name, value in scores.items()
+            if isinstance(value, float)
+        )
+        done[f"task {task} {method}"] = target
+    import pandas as pd
+
+    print("\n" + pd.DataFrame(rows).to_string(index=False, float_format="%.4f"))
     return done

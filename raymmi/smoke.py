@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from raymmi import testing
 
 SMOKE_PLATES = {"n_plates": 2, "n_features": 12, "n_batches": 2, "wells_per_plate": 96}
-SMOKE_CELLS = {"n_cells": 400, "n_genes": 200, "n_peaks": 300, "chunk_size": 200, "seed": 0}
+SMOKE_CELLS: dict[str, Any] = {
+    "n_cells": 400,
+    "n_genes": 200,
+    "n_peaks": 300,
+    "chunk_size": 200,
+    "seed": 0,
+}
 
 
 def smoke_dir(out: str | None) -> Path:

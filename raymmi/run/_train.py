@@ -184,7 +184,8 @@ def plan_training(config: TrainConfig) -> tuple[TrainPlan, ShardSet, ShardSet | 
             msg = f"--extra-data {config.extra_data!r} lacks modality {lacking}; it needs {needed}"
             raise RaymmiError(msg)
     label = () if config.label_key is None else (config.label_key,)
-    cats, logs = _obs_stats(shard, (*inputs.codes, *label), inputs.depths)
+    wanted = tuple(dict.fromkeys((*inputs.codes, *label)))  # the label may be an input too
+    cats, logs = _obs_stats(shard, wanted, inputs.depths)
     if extra is not None:
         extra_cats, extra_logs = _obs_stats(extra, inputs.codes, inputs.depths)
         for key, values in extra_cats.items():
@@ -778,11 +779,11 @@ def _embed_task(
                 reference = model.reference(batch)
             arrays = {c: table.column(c) for c in keep}
             outputs = {f"X_{plan.model_name}": z}
-            for name, values in (imputed or {}).items():
-                outputs[f"{name}_imputed"] = values.float().numpy()
-            for name, values in outputs.items():  # the cells layout: values + row sums
-                arrays[name] = dense_to_list(values)
-                arrays[depth_column(name)] = pa.array(values.sum(axis=1, dtype=np.float32))
+            for name, tensor in (imputed or {}).items():
+                outputs[f"{name}_imputed"] = tensor.float().numpy()
+            for name, matrix in outputs.items():  # the cells layout: values + row sums
+                arrays[name] = dense_to_list(matrix)
+                arrays[depth_column(name)] = pa.array(matrix.sum(axis=1, dtype=np.float32))
             out = pa.table(arrays)
             if writer is None:
                 writer = PartWriter(staging, f"part-{index:05d}.parquet", out.schema)
