@@ -156,6 +156,7 @@ def run_demo(
         outputs[f"{name} preprocessed"] = target
 
     outputs.update(_train_models(root, outputs, small=small, kw=kw))
+    outputs.update(_search(root, outputs, small=small, kw=kw))
     outputs.update(_tasks(root, outputs, kw=kw))
 
     _step("export")
@@ -164,7 +165,7 @@ def run_demo(
         suffix = ".h5ad" if "cells" in name or name.startswith("train ") else ".parquet"
         if "cells" in name and "preprocessed" not in name and f"{name} preprocessed" in outputs:
             continue  # the preprocessed set carries the raw counts too
-        if name.startswith("task "):
+        if name.startswith(("task ", "tune ")):
             continue  # scores.json and the task's own shard set stay in its folder
         if name.startswith("train "):
             path = str(Path(path) / "embeddings")
@@ -263,3 +264,47 @@ def _tasks(root: Path, outputs: dict[str, str], *, kw: dict[str, Any]) -> dict[s
 
     print("\n" + pd.DataFrame(rows).to_string(index=False, float_format="%.4f"))
     return done
+
+
+def _search(
+    root: Path, outputs: dict[str, str], *, small: bool, kw: dict[str, Any]
+) -> dict[str, str]:
+    """A tiny Ray Tune search (4 trials, ASHA + Optuna) of the plain AE on the CITE cells."""
+    data = outputs.get("CITE cells preprocessed") or outputs.get(
+        "generated cite cells preprocessed"
+    )
+    if data is None:
+        return {}
+    import yaml
+
+    from raymmi.run import tune
+    from raymmi.tune_space import TuneConfig
+
+    _step("tune: 4 trials of the plain AE (bottleneck x lr), ASHA + Optuna, on val_loss")
+    space = root / "tune_space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"bottleneck": {"choice": [16, 64]}},
+                "optim": {"lr": {"loguniform": [1e-4, 1e-2]}},
+            }
+        )
+    )
+    target = str(root / "tune_ae")
+    base = TrainConfig(
+        model_name="ae",
+        data=data,
+        out=target,
+        optim=OptimConfig(epochs=2 if small else 6),
+        label_key="cell_type",
+    )
+    outcome = tune(
+        TuneConfig(space=str(space), out=target, metric="val_loss", mode="min", trials=4),
+        base,
+        overwrite=True,
+        **kw,
+    )
+    print(f"best configuration: {outcome.best}")
+    if outcome.parent_run_id:
+        print(f"MLflow parent run: {outcome.parent_run_id} ({outcome.tracking_uri})")
+    return {"tune ae": target}
