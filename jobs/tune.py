@@ -4,7 +4,7 @@
         --runtime-env jobs/runtime_env.yaml -- python jobs/tune.py sailerx \
         --data s3://bucket/multiome_pre --out /shared/tune_sailerx \
         --space jobs/configs/tune_sailerx.yaml --trials 64 --seeds 3 \
-        --metric val_reference_ari --mode max --label-key cell_type
+        --metric val_ari --mode max --label-key cell_type
 
 ARGS are those of `raymmi tune` (`raymmi tune --help`). `--out` must be storage every node
 sees (a shared file system): the trials write their checkpoints and outputs under it. A job
@@ -69,7 +69,7 @@ def smoke_argv(out: str | None) -> list[str]:
         "--trials",
         "4",
         "--metric",
-        "val_reference_ari",
+        "val_ari",
         "--mode",
         "max",
         "--label-key",

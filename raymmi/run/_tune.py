@@ -175,7 +175,11 @@ def reported_metrics(config: TrainConfig) -> dict[str, str]:
                 for s in SCORES
             }
             if model.reference(batch) is not None:
-                out |= {f"val_reference_{s}": f"{s} of the reference embedding" for s in SCORES}
+                out |= {
+                    f"val_reference_{s}": f"{s} of the reference embedding (the same in "
+                    "every trial: a baseline, not an objective)"
+                    for s in SCORES
+                }
     out |= {
         "epoch_seconds": "seconds per epoch",
         "cells_per_second": "training throughput",
@@ -864,6 +868,8 @@ def tune(
             if killed:
                 notes.append(f"marked {killed} nested run(s) of the interrupted search KILLED")
         parent.set_tags({"raymmi.model": base.model_name, "raymmi.search": name})
+        if saved is None:
+            _log_inputs(parent, base)
         setup = _Setup(
             out=str(out),
             name=name,
@@ -960,6 +966,20 @@ def tune(
         wall_seconds=time.perf_counter() - started,
         placement_groups_reaped=reaper.removed if reaper is not None else 0,
     )
+
+
+def _log_inputs(parent: Run, base: TrainConfig) -> None:
+    """Record the search's input shard sets on the parent, before any trial starts.
+
+    Every trial's run logs the same data set as its input; MLflow creates the data set's row
+    on first use, and two trials starting together both tried to (``UNIQUE constraint failed:
+    datasets...`` on SQLite, one trial lost). Created here first, the trials only reuse it.
+    """
+    from raymmi.io import open_shard_set
+
+    for uri in (base.data, base.extra_data):
+        if uri:
+            parent.log_shard_set(uri, open_shard_set(uri).manifest.to_dict(), context="input")
 
 
 def _live_callbacks(tuner: Any) -> list[Any]:
