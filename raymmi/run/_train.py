@@ -746,7 +746,9 @@ def _is_number(value: Any) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-@ray.remote(num_cpus=1)
+# DEFAULT: never captured by a caller's placement group (a Tune trial's 0.1-CPU bundle could
+# not fit a 1-CPU task: "cannot fit into any bundles"); Ray Data and Train schedule likewise.
+@ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")
 def _embed_task(
     path: str,
     plan: TrainPlan,

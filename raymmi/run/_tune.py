@@ -285,7 +285,6 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
 
     from raymmi.run._train import train
 
-    _escape_trial_placement_group()
     trial_id = tune.get_context().get_trial_id()
     folder = Path(setup.out) / "trials" / trial_id
     done = folder / "trial.json"
@@ -329,24 +328,6 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
     tmp.write_text(json.dumps(saved, default=float))
     tmp.replace(done)
     tune.report(final)
-
-
-def _escape_trial_placement_group() -> None:
-    """Let the tasks ``train`` starts itself run outside the trial's placement group.
-
-    Tune runs a trial in a placement group of its ``0.1`` CPU and captures the tasks it
-    starts; the trainer's embedding tasks ask for a whole CPU each and could never be placed
-    there ("cannot fit into any bundles"). Ray Data and Train already schedule their own work
-    explicitly; ``scheduling_strategy="DEFAULT"`` does the same for the embedding task, in this
-    trial's process only.
-    """
-    from raymmi.run import _train
-
-    task = _train._embed_task
-    if not getattr(task, "_raymmi_uncaptured", False):
-        uncaptured = task.options(scheduling_strategy="DEFAULT")
-        uncaptured._raymmi_uncaptured = True  # type: ignore[attr-defined]
-        _train._embed_task = uncaptured  # type: ignore[assignment]
 
 
 def _history(folder: Path) -> list[dict[str, float]]:
