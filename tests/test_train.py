@@ -278,3 +278,18 @@ def test_sailerx_hybrid_training_and_imputation_through_ray_train(multiome, tmp_
     assert names == ["X_sailerx", "atac_imputed"]
     imputed = shard.manifest.modality("atac_imputed")
     assert len(imputed.features) == 800
+
+
+def test_latest_written_checkpoint_skips_incomplete_folders(tmp_path):
+    from raymmi.run._train import _latest_written_checkpoint
+
+    assert _latest_written_checkpoint(tmp_path / "absent") is None
+    for epoch, files in [(0, 3), (1, 2), (2, 3)]:
+        folder = tmp_path / f"epoch-{epoch:05d}"
+        folder.mkdir()
+        state = json.dumps({"epoch": epoch, "history": []}) if epoch != 2 else "{trunc"
+        (folder / "state.json").write_text(state)
+        for name in ["model.pt", "optim.pt"][: files - 1]:
+            (folder / name).write_bytes(b"")
+    # epoch 2: state.json cut short; epoch 1: optim.pt missing; epoch 0 is complete
+    assert _latest_written_checkpoint(tmp_path) == tmp_path / "epoch-00000"

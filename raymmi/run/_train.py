@@ -323,6 +323,37 @@ def _all_reduce(sums: dict[str, float], world: int) -> dict[str, float]:
     return dict(zip(keys, tensor.tolist(), strict=True))
 
 
+def _restore(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, float]]]:
+    """Load a checkpoint folder; the epoch to start at and the history so far."""
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    optimizer.load_state_dict(torch.load(folder / "optim.pt", weights_only=True))
+    saved = json.loads((folder / "state.json").read_text())
+    return int(saved["epoch"]) + 1, list(saved["history"])
+
+
+def _latest_written_checkpoint(root: Path) -> Path | None:
+    """The newest complete ``epoch-*`` checkpoint folder under ``root``, or None.
+
+    Ray Train hands a restarted worker group only the checkpoints its controller registered;
+    one uploaded just before a worker died can be on disk but unregistered (seen on a loaded
+    2-core machine: the restart began again at epoch 0). Every rank reads the same folder, so
+    the ranks agree on where they start.
+    """
+    for folder in sorted(root.glob("epoch-*"), reverse=True):
+        files = [folder / name for name in ("state.json", "model.pt", "optim.pt")]
+        if not all(f.is_file() for f in files):
+            continue
+        try:
+            saved = json.loads(files[0].read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict) and "epoch" in saved and "history" in saved:
+            return folder
+    return None
+
+
 def _weights_spread(model: torch.nn.Module, world: int) -> float:
     """Max minus min over ranks of a checksum of the weights: 0 when DDP kept them in sync."""
     with torch.no_grad():
@@ -372,10 +403,11 @@ def _worker_loop(ctx: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            model.load_state_dict(torch.load(Path(folder) / "model.pt", weights_only=True))
-            optimizer.load_state_dict(torch.load(Path(folder) / "optim.pt", weights_only=True))
-            saved = json.loads((Path(folder) / "state.json").read_text())
-            start, history = saved["epoch"] + 1, saved["history"]
+            start, history = _restore(Path(folder), model, optimizer)
+    else:
+        written = _latest_written_checkpoint(Path(ctx["storage"]) / "train")
+        if written is not None:  # saved by a worker group that died before Train registered it
+            start, history = _restore(written, model, optimizer)
     ddp = ray.train.torch.prepare_model(_Objective(model), move_to_device=False)
     amp = device.type == "cuda" and bool(optim["amp"])
     collate = _Collate(plan.layout)
