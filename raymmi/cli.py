@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--resume", action="store_true", help="continue an interrupted search")
     tu.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a stop")
     tu.add_argument("--reduction-factor", type=int, default=3, help="ASHA: halving rate")
+    tu.add_argument(
+        "--trial-embeddings",
+        action="store_true",
+        help="every trial also writes its embeddings set and full-data scores (slower)",
+    )
     tu.add_argument("--search-seed", type=int, default=0, help="seed of the sampler")
     tu.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
     tu.add_argument("--label-key", help="obs column with labels: val_ari/val_nmi metrics")
@@ -473,6 +478,7 @@ def _tune(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
+        trial_embeddings=args.trial_embeddings,
         name=args.name,
         seed=args.search_seed,
     )

@@ -262,6 +262,12 @@ class TrainConfig:
         Checkpoints kept on disk.
     max_failures
         Worker failures survived by restarting from the last checkpoint.
+    embed
+        At the end, embed every cell into the ``OUT/embeddings`` shard set and score it
+        (``ari``, ``nmi``, ``silhouette``, ``reference_*``). Off, the run ends after its last
+        checkpoint with ``model.pt`` and ``metrics.json`` (the last epoch's metrics): what a
+        Ray Tune trial needs, since the search ranks trials on the per-epoch metrics and the
+        winner is retrained with ``raymmi train --config best.yaml``.
     impute
         Write the model's imputations (decoder output) next to the embedding.
     metrics_max_cells
@@ -290,6 +296,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     max_failures: int = 2
+    embed: bool = True
     impute: bool = True
     metrics_max_cells: int = 20_000
     score_every: int = 1

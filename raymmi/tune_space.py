@@ -506,6 +506,10 @@ class TuneConfig:
         Name of the search (MLflow parent run, Ray Tune experiment).
     seed
         Seed of the sampler (Optuna TPE, random search).
+    trial_embeddings
+        Every trial also embeds all cells and writes ``trials/<id>/embeddings`` with its
+        full-data scores. Off by default: trials are ranked on the per-epoch metrics, and the
+        embedding pass is fixed cost that early stopping cannot save.
     """
 
     space: str
@@ -521,6 +525,7 @@ class TuneConfig:
     reduction_factor: int = 3
     name: str | None = None
     seed: int = 0
+    trial_embeddings: bool = False
 
     def __post_init__(self) -> None:
         from raymmi.config import check_choice, check_positive

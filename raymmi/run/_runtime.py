@@ -15,7 +15,17 @@ from raymmi.schema import RaymmiError
 
 # Every worker gets single-threaded BLAS: several workers share a node, and oversubscribed
 # BLAS threads made a 600 x 1,134 PCA 150x slower on 2 cores (RAY_NOTES "Threads").
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#
+# Ray Train's controller collects a worker's report only when it polls, every 2 s by default,
+# and a worker holds one report at a time: each epoch of a short run then waited up to 2 s, and
+# a worker killed within 2 s of a checkpoint took that checkpoint's registration with it. Polling
+# every 0.5 s cut a 4-epoch trial of the Tune tests from 25 s to ~15 s (jobs/bench_tune.py).
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
 _MAX_OBJECT_STORE = 8 << 30
 
 

@@ -605,12 +605,23 @@ def _model_identity(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in RESUMABLE_KEYS}
 
 
+def finished(out: str | Path, *, embed: bool = True) -> bool:
+    """Whether ``out`` holds a finished training run: its last output committed.
+
+    That is the ``embeddings`` manifest, or with ``embed=False`` ``metrics.json``.
+    """
+    out = Path(out)
+    if (out / "embeddings" / "_manifest.json").exists():
+        return True
+    return not embed and (out / "metrics.json").exists()
+
+
 def _prepare_out(config: TrainConfig) -> bool:
     """Decide between a fresh run and a resumption; return True when resuming."""
     out = Path(config.out)
     if not out.exists():
         return False
-    done = (out / "embeddings" / "_manifest.json").exists()
+    done = finished(out, embed=config.embed)
     if config.overwrite:
         shutil.rmtree(out)
         return False
@@ -744,6 +755,16 @@ def train(
         run.log_artifact(out / "model.pt", "model")
         history = pd.DataFrame(last["history"])
         metrics: dict[str, Any] = dict(last["metrics"])
+        if not config.embed:  # a Tune trial: the per-epoch metrics are the result
+            metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+            metrics["resumed"] = resumed
+            run.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)})
+            run.log_dict(metrics, "metrics.json")
+            _log_plots(run, history, {})
+            tmp = out / "metrics.json.tmp"  # written last: it marks the run finished
+            tmp.write_text(json.dumps(metrics, indent=2, default=float))
+            tmp.replace(out / "metrics.json")
+            return metrics
         with ShardSetWriter(str(out / "embeddings"), overwrite=True) as writer:
             embedded = _embed(config, plan, shard, state_dict, writer.staging)
             metrics.update(embedded.scores)

@@ -283,7 +283,7 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
     """The Tune function trainable: one Ray Train run of one configuration and seed."""
     from ray import tune
 
-    from raymmi.run._train import train
+    from raymmi.run._train import finished, train
 
     trial_id = tune.get_context().get_trial_id()
     folder = Path(setup.out) / "trials" / trial_id
@@ -308,7 +308,7 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
     }
     if setup.parent_run_id:
         tags["mlflow.parentRunId"] = setup.parent_run_id
-    if (folder / "embeddings" / "_manifest.json").exists() and (folder / "metrics.json").exists():
+    if finished(folder, embed=train_config.embed):
         # killed after its training finished but before trial.json: do not train again
         metrics = json.loads((folder / "metrics.json").read_text())
     else:
@@ -821,6 +821,7 @@ def tune(
     label_score = config.metric.removeprefix("val_").removeprefix("reference_") in SCORES
     trial_base = dict(base_user)
     trial_base["cpus_per_worker"] = plan.cpus_per_worker
+    trial_base["embed"] = config.trial_embeddings
     if label_score:
         trial_base["score_every"] = 1  # Tune needs the metric in every report
     epochs = int(resolve_optim(cls, base.optim)["epochs"])
