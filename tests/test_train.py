@@ -166,7 +166,7 @@ def test_two_worker_ddp_run_learns_checkpoints_and_writes_embeddings(multiome, t
     assert "val_ari" in metrics
     shard = open_shard_set(str(out / "embeddings"), kind="cells")
     assert shard.manifest.num_rows == 1200
-    assert [m.name for m in shard.manifest.modalities][0] == "X_ae"
+    assert shard.manifest.modalities[0].name == "X_ae"
     assert shard.verify() == []
 
 

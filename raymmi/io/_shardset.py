@@ -14,7 +14,9 @@ import functools
 import hashlib
 import json
 import posixpath
+import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
@@ -234,10 +236,29 @@ class ShardSetWriter:
         return manifest
 
     def abort(self) -> None:
-        """Remove everything staged; the destination is left as it was."""
-        if self.committed is None and self._local:
-            if self.fs.get_file_info(self._staging_path).type != pafs.FileType.NotFound:
+        """Remove everything staged; the destination is left as it was.
+
+        Tasks cancelled by the failure may still be finishing a part file in the staging
+        folder; the removal is retried for a few seconds and, failing that, the (hidden,
+        uncommitted) folder is left with a warning rather than hiding the original error.
+        """
+        if self.committed is not None or not self._local:
+            return
+        for attempt in range(5):
+            try:
+                if self.fs.get_file_info(self._staging_path).type == pafs.FileType.NotFound:
+                    return
                 self.fs.delete_dir(self._staging_path)
+                return
+            except OSError as err:
+                if attempt == 4:
+                    warnings.warn(
+                        f"could not remove the staging folder {self._staging_path} ({err}); "
+                        "it holds no committed output and can be deleted",
+                        stacklevel=2,
+                    )
+                    return
+                time.sleep(0.5 * (attempt + 1))
 
     def __enter__(self) -> ShardSetWriter:
         return self

@@ -40,6 +40,7 @@ __all__ = [
     "MlpPredictConfig",
 ]
 
+
 def _fail(msg: str) -> None:
     raise RaymmiError(msg)
 

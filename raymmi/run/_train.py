@@ -292,6 +292,9 @@ def _datasets(plan: TrainPlan, shard: ShardSet, extra: ShardSet | None) -> dict[
     for name, sset in (("train", shard), ("val", shard), ("extra", extra)):
         on_disk = sum(f.bytes for f in sset.manifest.files) if sset is not None else 0
         if name in out and on_disk * MATERIALIZE_EXPANSION < store * MATERIALIZE_SHARE:
+            # in file order, not task-completion order: the same seed then gives the same
+            # batches and the same run (a search compares configurations, not data orders)
+            out[name].context.execution_options.preserve_order = True
             out[name] = out[name].materialize()
     return out
 

@@ -117,3 +117,27 @@ def test_checksum_is_the_file_sha256(tmp_path):
     data = (out / entry.path).read_bytes()
     assert entry.sha256 == hashlib.sha256(data).hexdigest()
     assert entry.bytes == len(data)
+
+
+def test_abort_never_hides_the_original_error(tmp_path, monkeypatch):
+    # a task cancelled by the failure still writing into the staging folder: delete_dir fails
+    # with "Directory not empty"; the original error must surface, with a warning for the folder
+    import raymmi.io._shardset as shardset
+
+    class Busy:
+        def __init__(self, fs):
+            self._fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self._fs, name)
+
+        def delete_dir(self, path):
+            raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(shardset.time, "sleep", lambda s: None)
+    with pytest.warns(UserWarning, match="could not remove the staging folder"):
+        with pytest.raises(ValueError, match="the original error"):
+            with ShardSetWriter(str(tmp_path / "out")) as writer:
+                writer.fs = Busy(writer.fs)
+                raise ValueError("the original error")
+    assert not (tmp_path / "out").exists()
