@@ -1,6 +1,6 @@
 """Benchmark of `raymmi tune`: per-trial overhead, trials per hour, and ASHA against a full grid.
 
-    python jobs/bench_tune.py [--cells 10000] [--epochs 12] [--out DIR] [--smoke-test]
+    python jobs/bench_tune.py [--cells 10000] [--epochs 20] [--out DIR] [--smoke-test]
 
 1. Overhead of a trial: its wall time (start to end, as the search's driver sees it) minus its
    training time, and trials per hour, for plain function trials (each reports `--epochs`
@@ -15,7 +15,8 @@
    35% of its epochs. Small sets train in file order, so a configuration and seed give the same
    run in both searches. ASHA can only save epochs that last longer than its decision takes to
    reach the trial (a report travels worker -> Train controller -> Tune driver, ~1-2 s here):
-   with 0.3 s epochs (2,000 cells) trials it stopped had already finished; hence 10,000 cells.
+   with 0.3 s epochs (2,000 cells) trials it stopped had already finished; hence 10,000 cells
+   (1 s epochs) and 20 epochs (at 12, stops still landed a rung late: 38% of the epochs).
 
 Runs on a local Ray of `--num-cpus` (default 2) CPUs, two trials at a time. Prints the tables.
 """
@@ -175,7 +176,7 @@ def _search_row(name: str, outcome: Any, wall: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=10_000)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--function-trials", type=int, default=16)
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=2)
