@@ -759,24 +759,12 @@ def train(
         history = pd.DataFrame(last["history"])
         metrics: dict[str, Any] = dict(last["metrics"])
         if not config.embed:  # a Tune trial: the per-epoch metrics are the result
-            metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-            metrics["resumed"] = resumed
-            run.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)})
-            run.log_dict(metrics, "metrics.json")
-            _log_plots(run, history, {})
-            tmp = out / "metrics.json.tmp"  # written last: it marks the run finished
-            tmp.write_text(json.dumps(metrics, indent=2, default=float))
-            tmp.replace(out / "metrics.json")
+            _record(run, out, metrics, history, {}, started=started, resumed=resumed)
             return metrics
         with ShardSetWriter(str(out / "embeddings"), overwrite=True) as writer:
             embedded = _embed(config, plan, shard, state_dict, writer.staging)
             metrics.update(embedded.scores)
-            metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-            metrics["resumed"] = resumed
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-            run.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)})
-            run.log_dict(metrics, "metrics.json")
-            _log_plots(run, history, embedded.samples)
+            _record(run, out, metrics, history, embedded.samples, started=started, resumed=resumed)
             cfg_plain = to_dict(config)
             manifest = writer.commit(
                 Manifest(
@@ -791,6 +779,31 @@ def train(
             )
         run.log_shard_set(str(out / "embeddings"), manifest.to_dict(), context="output")
     return metrics
+
+
+def _record(
+    run: Run,
+    out: Path,
+    metrics: dict[str, Any],
+    history: pd.DataFrame,
+    samples: Mapping[str, np.ndarray],
+    *,
+    started: float,
+    resumed: bool,
+) -> None:
+    """Close a run's record: its wall time, MLflow metrics and plots, then ``metrics.json``.
+
+    ``metrics.json`` is written last and atomically: without an embedding pass it is what marks
+    the run finished (:func:`finished`).
+    """
+    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+    metrics["resumed"] = resumed
+    run.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)})
+    run.log_dict(metrics, "metrics.json")
+    _log_plots(run, history, samples)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, default=float))
+    tmp.replace(out / "metrics.json")
 
 
 def _is_number(value: Any) -> bool:
