@@ -1,0 +1,109 @@
+"""``raymmi tune``: Tune callbacks run by the search's driver, and the placement-group reaper."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tune callbacks run by the search's driver
+# ----------------------------------------------------------------------------------------------
+
+
+def reap_orphaned_placement_groups() -> int:
+    """Remove this job's placement groups whose creating actor is dead; return how many.
+
+    A trial that ASHA stops is killed with its Train controller, but the Train workers'
+    placement group outlives them: Train V2 hands its removal to a helper that needs the
+    dashboard's state API, and without it the CPUs stay reserved and later trials wait forever
+    (RAY_NOTES "Ray Tune"). A placement group created by an actor that has died is reachable
+    by nobody, so removing it is safe. Reads the GCS table through Ray's private state accessor
+    (no public API gives the creator): pinned Ray version.
+    """
+    import ray
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    table: Any = gcs_pb2.PlacementGroupTableData  # type: ignore[attr-defined]
+    job = ray.get_runtime_context().get_job_id()
+    accessor = state._connect_and_get_accessor()
+    removed = 0
+    for raw in accessor.get_placement_group_table():
+        pg = table.FromString(raw)
+        if pg.state == table.REMOVED or pg.is_detached:
+            continue
+        if ray.ActorID(pg.creator_actor_id).is_nil() or not pg.creator_actor_dead:
+            continue
+        if ray.JobID(pg.creator_job_id).hex() != job:
+            continue
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+        removed += 1
+    return removed
+
+
+def _callbacks(every_s: float = 1.0) -> list[Any]:
+    from ray.tune import Callback
+
+    class Reaper(Callback):
+        """Every ``every_s`` seconds, free the CPUs stopped trials' Train workers still hold."""
+
+        def __init__(self) -> None:
+            self.last = 0.0
+            self.removed = 0
+            self.broken = False
+
+        def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            now = time.monotonic()
+            if self.broken or now - self.last < every_s:
+                return
+            self.last = now
+            try:
+                self.removed += reap_orphaned_placement_groups()
+            except Exception as err:  # private API: warn once, never break the search
+                self.broken = True
+                log.warning("cannot reap placement groups of stopped trials: %s", err)
+
+        def get_state(self) -> dict[str, Any] | None:
+            return {"removed": self.removed}
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            self.removed = int(state.get("removed", 0))
+
+    class Clock(Callback):
+        """Wall time of every trial, start to end, as its driver sees it (overhead figures)."""
+
+        def __init__(self) -> None:
+            self.times: dict[str, list[float]] = {}
+
+        def on_trial_start(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self.times[trial.trial_id] = [time.time(), math.nan]
+
+        def _end(self, trial: Any) -> None:
+            if trial.trial_id in self.times:
+                self.times[trial.trial_id][1] = time.time()
+
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self._end(trial)
+
+        def on_trial_error(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self._end(trial)
+
+        def get_state(self) -> dict[str, Any] | None:
+            return {"times": self.times}
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            self.times = dict(state.get("times", {}))
+
+    return [Reaper(), Clock()]
