@@ -26,13 +26,11 @@ pooled reference rows of robust/sphering global references, which are the statis
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import itertools
 import posixpath
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -40,351 +38,29 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from tqdm.auto import tqdm
 
 from raymmi import plates as P
 from raymmi.config import NormalizeConfig, RayConfig, TrackingConfig, to_dict
 from raymmi.io import ShardSet, ShardSetWriter, open_shard_set, resolve
-from raymmi.io._plates import negcon_mask
-from raymmi.io._shardset import PartWriter
+from raymmi.run._normalize_plate import PlateGroup, _merge, _output_schema, _PlateInfo, _Scope
+from raymmi.run._normalize_tasks import (
+    _apply_pass,
+    _groups,
+    _one_pass,
+    _plate_columns,
+    _stats_pass,
+    _stream,
+    _task_view,
+)
 from raymmi.run._plates import producer
 from raymmi.run._runtime import gather, init_ray
 from raymmi.schema import (
     FALLBACK_REPORT_NAME,
-    FEATURE_TYPE,
-    NEGCON,
-    PLATE,
     FileEntry,
     Manifest,
     RaymmiError,
-    plate_dir,
 )
 from raymmi.track import tracked_run
-
-ROBUST = ("robustize", "mad_robustize")
-# Plates per task: at most this many, and few enough that every CPU gets about 4 tasks.
-_MAX_PLATES_PER_TASK = 16
-_TASKS_PER_CPU = 4
-
-PlateGroup = list[tuple[str, list[FileEntry]]]
-
-
-@dataclasses.dataclass
-class _PlateInfo:
-    """What the driver keeps of one plate: counts, its batch, the parts written."""
-
-    plate: str
-    rows: int
-    negcon_rows: int
-    batch: str | None = None
-    files: list[FileEntry] = dataclasses.field(default_factory=list)
-    names: tuple[str, ...] | None = None  # output feature names (one pass; spherize PCA)
-
-
-@dataclasses.dataclass
-class _Scope:
-    """Mergeable statistics of one global scope (``"*"`` or a batch) from a group of plates."""
-
-    rows: int = 0
-    moments: Any = None  # Moments of the reference rows (standardize / mean)
-    all_moments: Any = None  # Moments of all rows (negcon-global fallback)
-    rows_ref: list[np.ndarray] = dataclasses.field(default_factory=list)  # robust / spherize
-
-    def merge(self, other: _Scope) -> _Scope:
-        return _Scope(
-            rows=self.rows + other.rows,
-            moments=_merge(self.moments, other.moments),
-            all_moments=_merge(self.all_moments, other.all_moments),
-            rows_ref=self.rows_ref + other.rows_ref,
-        )
-
-
-def _merge(a: Any, b: Any) -> Any:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a.merge(b)
-
-
-@dataclasses.dataclass
-class _GroupResult:
-    """What one task returns for its group of plates."""
-
-    plates: list[_PlateInfo]
-    report: pd.DataFrame | None = None  # fallback rows (one pass)
-    scopes: dict[str, _Scope] = dataclasses.field(default_factory=dict)  # statistics pass
-    combat: Any = None  # CombatStats (statistics pass)
-
-
-# ----------------------------------------------------------------------------------------------
-# reading and writing one plate
-# ----------------------------------------------------------------------------------------------
-
-
-def _read_plate(
-    shard_set: ShardSet, files: Sequence[FileEntry], columns: Sequence[str] | None = None
-) -> pa.Table:
-    """One plate's files as one table; each file read whole (one read), then decoded.
-
-    Reading the bytes first and decoding from memory measured faster than ``read_table`` on
-    a path (which also builds a dataset per call) for these small, wide files.
-    """
-    fs, root = resolve(shard_set.uri)
-    tables = []
-    for f in files:
-        with fs.open_input_stream(posixpath.join(root, f.path)) as stream:
-            data = stream.read()
-        reader = pq.ParquetFile(pa.BufferReader(data))
-        tables.append(reader.read(columns=None if columns is None else list(columns)))
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-
-
-def _matrix(table: pa.Table, features: Sequence[str]) -> np.ndarray:
-    """The features as one float32 (n_rows, n_features) matrix, column-major: one copy.
-
-    Nulls become NaN. No pandas round trip: 1,000 ``to_pandas`` columns cost more than the
-    normalization itself.
-    """
-    out = np.empty((len(features), table.num_rows), dtype=np.float32)
-    for j, name in enumerate(features):
-        out[j] = table.column(name).to_numpy()
-    return out.T
-
-
-def _meta_frame(table: pa.Table, names: Sequence[str]) -> pd.DataFrame:
-    present = set(table.column_names)
-    return table.select([n for n in names if n in present]).to_pandas()
-
-
-def _needed_columns(shard_set: ShardSet, config: NormalizeConfig) -> list[str]:
-    m = shard_set.manifest
-    meta = list(m.metadata) if config.negcon else [PLATE, NEGCON]
-    if config.reference == "batch" or config.method == "combat":
-        meta.append(config.batch_key)
-    return list(dict.fromkeys(n for n in meta if n in m.metadata)) + list(m.features)
-
-
-def _negcon(meta: pd.DataFrame, config: NormalizeConfig, plate: str) -> np.ndarray:
-    return negcon_mask(meta, config.negcon, source=f"plate {plate}")
-
-
-def _single_batch(meta: pd.DataFrame, key: str, plate: str) -> str:
-    batches = meta[key].astype(str).unique()
-    if len(batches) != 1:
-        msg = (
-            f"plate {plate!r} spans {len(batches)} values of {key} ({list(batches[:3])}); "
-            "a batch reference needs each plate in one batch"
-        )
-        raise RaymmiError(msg)
-    return str(batches[0])
-
-
-def _output_schema(meta_schema: pa.Schema, names: Sequence[str]) -> pa.Schema:
-    return pa.schema(list(meta_schema) + [pa.field(n, FEATURE_TYPE) for n in names])
-
-
-def _write_plate(
-    staging: str,
-    plate: str,
-    table: pa.Table,
-    meta: pd.DataFrame,
-    out: np.ndarray,
-    schema: pa.Schema,
-    config: NormalizeConfig,
-    n_meta: int,
-) -> FileEntry:
-    """Write one plate's output part: metadata columns as read, features from ``out``."""
-    arrays: list[pa.Array | pa.ChunkedArray] = []
-    for field in schema.names[:n_meta]:
-        if field == NEGCON and config.negcon:
-            arrays.append(pa.array(_negcon(meta, config, plate)))
-        else:
-            arrays.append(table.column(field))
-    columns = np.ascontiguousarray(out.T)  # (n_features, n_rows): each feature contiguous
-    arrays += [pa.array(columns[j]) for j in range(columns.shape[0])]
-    result = pa.Table.from_arrays(arrays, schema=schema)
-    relpath = posixpath.join(plate_dir(plate), "part-00000.parquet")
-    with PartWriter(staging, relpath, schema, plate=plate) as part:
-        part.write(result)
-    return part.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# the tasks
-# ----------------------------------------------------------------------------------------------
-
-
-@ray.remote(num_cpus=1)
-def _one_pass(
-    shard_set: ShardSet,
-    group: PlateGroup,
-    config: NormalizeConfig,
-    staging: str,
-    meta_schema: pa.Schema,
-) -> _GroupResult:
-    """Per-plate reference: read, fit, apply and write each plate of the group."""
-    features = list(shard_set.manifest.features)
-    result = _GroupResult(plates=[])
-    reports = []
-    for plate, files in group:
-        table = _read_plate(shard_set, files)
-        meta = _meta_frame(table, meta_schema.names)
-        negcon = _negcon(meta, config, plate)
-        info = _PlateInfo(plate=plate, rows=table.num_rows, negcon_rows=int(negcon.sum()))
-        result.plates.append(info)
-        if config.reference == "negcon" and not negcon.any():
-            continue  # reported with every other such plate by check_negcon
-        x = _matrix(table, features)
-        if config.method == "spherize":
-            ref = x[negcon] if config.reference == "negcon" else x
-            sfit = P.fit_spherize(
-                ref, method=config.spherize_method, epsilon=config.spherize_epsilon
-            )
-            out = P.apply_spherize(x, sfit)
-            names = tuple(P.spherize_feature_names(sfit, features))
-        else:
-            fit = P.fit_plate(
-                x,
-                negcon,
-                method=config.method,
-                reference=config.reference,
-                epsilon=config.epsilon,
-                plate=plate,
-            )
-            out = P.apply_location_scale(x, fit)
-            names = tuple(features)
-            if (fit.fallback != 0).any():
-                reports.append(P.fallback_report({plate: fit}, features))
-        info.names = names
-        schema = _output_schema(meta_schema, names)
-        info.files = [
-            _write_plate(staging, plate, table, meta, out, schema, config, n_meta=len(meta_schema))
-        ]
-    if reports:
-        result.report = pd.concat(reports, ignore_index=True)
-    return result
-
-
-@ray.remote(num_cpus=1)
-def _stats_pass(shard_set: ShardSet, group: PlateGroup, config: NormalizeConfig) -> _GroupResult:
-    """Global reference or ComBat: the group's plates merged into mergeable partials."""
-    features = list(shard_set.manifest.features)
-    columns = _needed_columns(shard_set, config)
-    result = _GroupResult(plates=[])
-    for plate, files in group:
-        table = _read_plate(shard_set, files, columns)
-        meta = _meta_frame(table, [c for c in columns if c not in features])
-        x = _matrix(table, features)
-        negcon = _negcon(meta, config, plate)
-        info = _PlateInfo(plate=plate, rows=table.num_rows, negcon_rows=int(negcon.sum()))
-        result.plates.append(info)
-        if config.method == "combat":
-            stats = P.combat_stats(x, meta[config.batch_key].astype(str).to_numpy())
-            result.combat = _merge(result.combat, stats)
-            continue
-        scope = "*"
-        if config.reference == "batch":
-            scope = info.batch = _single_batch(meta, config.batch_key, plate)
-        ref_rows = x[negcon] if config.reference == "negcon-global" else x
-        part = _Scope(rows=len(x))
-        if config.method in ("standardize", "mean"):
-            part.moments = P.Moments.of(ref_rows)
-            if config.reference == "negcon-global":
-                part.all_moments = P.Moments.of(x)
-        else:
-            part.rows_ref = [np.ascontiguousarray(ref_rows)]
-        result.scopes[scope] = result.scopes[scope].merge(part) if scope in result.scopes else part
-    return result
-
-
-@ray.remote(num_cpus=1)
-def _apply_pass(
-    shard_set: ShardSet,
-    group: PlateGroup,
-    config: NormalizeConfig,
-    params: dict[str, Any],
-    staging: str,
-    schema: pa.Schema,
-    n_meta: int,
-) -> list[tuple[str, FileEntry]]:
-    """Global reference or ComBat: apply the broadcast parameters to each plate and write it."""
-    features = list(shard_set.manifest.features)
-    written = []
-    for plate, files in group:
-        table = _read_plate(shard_set, files)
-        meta = _meta_frame(table, schema.names[:n_meta])
-        x = _matrix(table, features)
-        if config.method == "combat":
-            labels = meta[config.batch_key].astype(str).to_numpy()
-            out = P.apply_combat(x, labels, params["combat"])
-        else:
-            fit = params["fits"][params["plate_scope"][plate]]
-            transform = P.apply_spherize if config.method == "spherize" else P.apply_location_scale
-            out = transform(x, fit)
-        written.append(
-            (plate, _write_plate(staging, plate, table, meta, out, schema, config, n_meta))
-        )
-    return written
-
-
-@ray.remote(num_cpus=1)
-def _plate_columns(shard_set: ShardSet, files: list[FileEntry], columns: list[str]) -> np.ndarray:
-    table = _read_plate(shard_set, files, columns)
-    return _matrix(table, columns).astype(np.float64)
-
-
-def _stream(
-    submit: Callable[[PlateGroup], ray.ObjectRef],
-    groups: Sequence[PlateGroup],
-    *,
-    desc: str,
-    unit: str,
-) -> Iterator[Any]:
-    """Run ``submit(group)`` for every group, at most a few tasks in flight; yield results.
-
-    Results come as tasks finish, so the driver reduces them without holding them all; and
-    only ``_TASKS_PER_CPU`` tasks a CPU are submitted at a time, so the driver's and the
-    object store's share of task arguments does not grow with the data set. The first failure
-    cancels the tasks in flight and is raised as the task's own exception.
-    """
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    todo = iter(groups)
-    pending = [submit(g) for g in itertools.islice(todo, _TASKS_PER_CPU * cpus)]
-    with tqdm(total=len(groups), desc=desc, unit=unit, disable=None) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                value = ray.get(done[0])
-            except ray.exceptions.RayTaskError as err:
-                for ref in pending:
-                    ray.cancel(ref, force=True)
-                cause = err.cause if isinstance(err.cause, BaseException) else err
-                raise cause from None
-            following = next(todo, None)
-            if following is not None:
-                pending.append(submit(following))
-            bar.update(1)
-            yield value
-
-
-def _task_view(shard_set: ShardSet) -> ShardSet:
-    """The input as tasks see it: location, metadata and features, without the file list.
-
-    Each task gets its own plates' files; the whole manifest per task made task arguments
-    grow as plates x tasks (measured: +207 MiB peak at 1M wells, +549 MiB at 6.6M).
-    """
-    m = dataclasses.replace(shard_set.manifest, files=(), producer={}, parents=(), extra={})
-    return ShardSet(uri=shard_set.uri, manifest=m)
-
-
-def _groups(by_plate: Mapping[str, list[FileEntry]]) -> list[PlateGroup]:
-    """Plates in manifest order, a few per task (about ``_TASKS_PER_CPU`` tasks per CPU)."""
-    items = list(by_plate.items())
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    per_task = max(1, min(_MAX_PLATES_PER_TASK, len(items) // (_TASKS_PER_CPU * cpus)))
-    return [items[i : i + per_task] for i in range(0, len(items), per_task)]
-
 
 # ----------------------------------------------------------------------------------------------
 # the driver
