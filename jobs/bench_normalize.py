@@ -36,6 +36,7 @@ Each row also gives the 1-minute load average before and after it (shared machin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shutil
@@ -215,6 +216,12 @@ def _huge(args: argparse.Namespace) -> int:
             f"{_load():.1f}",
             flush=True,
         )
+        # warm-up, as at the three sizes: start Ray's workers before any memory is sampled
+        warm = str(root / "warm")
+        generate_plates(dataclasses.replace(spec, n_plates=2, n_batches=2), out=warm, tracking=OFF)
+        for method in ("standardize", "combat"):
+            _raymmi(warm, str(root / "warm-out"), method)
+        shutil.rmtree(warm, ignore_errors=True)
         results = []
         for method in ("standardize", "combat"):
             load_before = _load()
