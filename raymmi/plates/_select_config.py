@@ -163,13 +163,14 @@ class SelectConfig:
     source: str
     out: str
     ops: tuple[str, ...] = DEFAULT_OPS
-    na_cutoff: float = 0.05
-    min_variance: float = 1e-6
-    freq_cut: float = 0.05
-    unique_cut: float = 0.01
-    corr_threshold: float = 0.9
-    corr_method: str = "pearson"
-    outlier_cutoff: float = 500.0
+    # the cut-offs, flat for the command line and YAML; defaults are Thresholds'
+    na_cutoff: float = Thresholds.na_cutoff
+    min_variance: float = Thresholds.min_variance
+    freq_cut: float = Thresholds.freq_cut
+    unique_cut: float = Thresholds.unique_cut
+    corr_threshold: float = Thresholds.corr_threshold
+    corr_method: str = Thresholds.corr_method
+    outlier_cutoff: float = Thresholds.outlier_cutoff
     blocklist: str | None = None
     samples: str = "all"
     frequency_task_mb: int = 512
@@ -189,12 +190,5 @@ class SelectConfig:
     @property
     def thresholds(self) -> Thresholds:
         """The cut-offs as a :class:`Thresholds`."""
-        return Thresholds(
-            na_cutoff=self.na_cutoff,
-            min_variance=self.min_variance,
-            freq_cut=self.freq_cut,
-            unique_cut=self.unique_cut,
-            corr_threshold=self.corr_threshold,
-            corr_method=self.corr_method,
-            outlier_cutoff=self.outlier_cutoff,
-        )
+        names = [f.name for f in dataclasses.fields(Thresholds)]
+        return Thresholds(**{name: getattr(self, name) for name in names})
