@@ -6,12 +6,15 @@ Known errors (bad input, bad configuration) print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from raymmi.config import (
+    EvaluatePlatesConfig,
     ExportConfig,
     IngestCellsConfig,
     IngestPlatesConfig,
@@ -45,12 +48,51 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--overwrite", action="store_true", default=None, help="replace --out")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that answers a mistyped command, choice or option with "did you mean"."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parsed, extras = super().parse_known_args(args, namespace)
+        if not hasattr(parsed, "_parser"):  # the deepest subcommand's parser names itself first
+            parsed._parser = self
+        return parsed, extras
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parsed, extras = self.parse_known_args(args, namespace)
+        owner = parsed.__dict__.pop("_parser", self)
+        if extras:
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(message + _did_you_mean(message, self))
+
+
+def _did_you_mean(message: str, parser: argparse.ArgumentParser) -> str:
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        typed, options = choice[1], re.findall(r"'([^']*)'", choice[2])
+    elif message.startswith("unrecognized arguments: "):
+        flags = [a for a in message.split()[2:] if a.startswith("-")]
+        if not flags:
+            return ""
+        typed = flags[0].split("=")[0]
+        options = [o for a in parser._actions for o in a.option_strings]
+    else:
+        return ""
+    close = difflib.get_close_matches(typed, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every stage."""
-    parser = argparse.ArgumentParser(
+    from raymmi import __version__
+
+    parser = _Parser(
         prog="raymmi",
         description="Cell Painting plates and multimodal single cells, distributed on Ray.",
     )
+    parser.add_argument("--version", action="version", version=f"raymmi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole pipeline on generated and real data")
@@ -175,6 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--samples", help="'all' or a pandas query choosing the rows")
     sel.add_argument("--frequency-task-mb", type=int, help="memory of one counting task")
     _common(sel)
+
+    ev = sub.add_parser("evaluate", help="batch-effect diagnostics of plates, one report")
+    ev_sub = ev.add_subparsers(dest="kind", required=True)
+    ep = ev_sub.add_parser(
+        "plates",
+        help="raw vs normalized plates: plate correlation, UMAP, outliers, held-out batch, mAP",
+        description="Diagnose one or more plates shard sets side by side (e.g. raw and "
+        "normalized) and write one HTML report. Example: raymmi evaluate plates RAW NORM "
+        "--out REPORT",
+    )
+    ep.add_argument("sources", nargs="*", help="plates shard sets with the same plates")
+    ep.add_argument("--out", help="report directory (index.html, figures, summary.csv)")
+    ep.add_argument("--batch-key", help="batch column (default Metadata_Batch)")
+    ep.add_argument("--label-key", help="compound column (default Metadata_Compound)")
+    ep.add_argument("--sample", type=int, help="wells sampled per set (default 5000)")
+    ep.add_argument("--seed", type=int, help="seed of samples and fits (default 0)")
+    _common(ep)
 
     export = sub.add_parser("export", help="shard set to .parquet/.csv (plates) or .h5ad")
     export.add_argument("source", nargs="?", help="shard set directory")
@@ -341,6 +400,38 @@ def _select(args: argparse.Namespace) -> int:
         f"kept {info['features_kept']} of {info['features_in']} features "
         f"(dropped per op: {info['dropped_per_op']}) in {config.out}"
     )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from raymmi import run
+
+    flags = {
+        "sources": args.sources,
+        "out": args.out,
+        "batch_key": args.batch_key,
+        "label_key": args.label_key,
+        "sample": args.sample,
+        "seed": args.seed,
+        "overwrite": args.overwrite,
+    }
+    config = _settings(EvaluatePlatesConfig, args, flags, where="evaluate plates")
+    summary = run.evaluate_plates(
+        list(config.sources),
+        out=config.out,
+        batch_key=config.batch_key,
+        label_key=config.label_key,
+        sample=config.sample,
+        map_plates_per_batch=config.map_plates_per_batch,
+        umap_plates_per_batch=config.umap_plates_per_batch,
+        top_n=config.top_n,
+        seed=config.seed,
+        overwrite=config.overwrite,
+        ray_config=_ray(args),
+        tracking=_tracking(args),
+    )
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"report: {config.out}/index.html")
     return 0
 
 
@@ -573,6 +664,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "task": _task,
     "tune": _tune,
     "preprocess": _preprocess,
+    "evaluate": _evaluate,
     "export": _export,
     "generate": _generate,
     "inspect": _inspect,

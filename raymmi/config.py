@@ -182,6 +182,40 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluatePlatesConfig:
+    """``raymmi evaluate plates``: diagnostics of ``plates`` shard sets side by side, one report.
+
+    Parameters
+    ----------
+    sources
+        ``plates`` shard sets holding the same plates, typically raw and normalized.
+    out
+        Local report directory (``index.html``, figures, ``summary.csv``, per-well scores).
+    batch_key, label_key
+        Metadata columns of the batch and of the compound (JUMP: ``Metadata_JCP2022``).
+    sample
+        Wells in the seeded sample per shard set (embedding, GMM, classifiers, UMAP).
+    map_plates_per_batch, umap_plates_per_batch
+        Plates per batch whose wells enter the replicate mAP / are drawn over the UMAP.
+    top_n
+        Most and least outlying treated wells listed.
+    seed
+        Seed of every sample and fit.
+    """
+
+    sources: tuple[str, ...]
+    out: str
+    batch_key: str = "Metadata_Batch"
+    label_key: str = "Metadata_Compound"
+    sample: int = 5000
+    map_plates_per_batch: int = 4
+    umap_plates_per_batch: int = 2
+    top_n: int = 20
+    seed: int = 0
+    overwrite: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """Optimizer and loop settings of ``raymmi train``; ``None`` takes the model's default.
 
@@ -442,6 +476,12 @@ def _coerce(hint: Any, value: Any, *, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads ``1e-3`` (no dot) as a string: accept every spelling Python's float does
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and not _is_instance(value, hint):
         msg = f"{where}={value!r} should be of type {hint.__name__}"
         raise RaymmiError(msg)

@@ -143,6 +143,23 @@ def run_demo(
         print(f"kept {info['features_kept']} of {info['features_in']} features")
         outputs[f"{name} selected"] = target
 
+    for name, label in (("generated plates", "Metadata_Compound"), ("JUMP plates", None)):
+        if name not in outputs:
+            continue
+        _step(f"evaluate {name}: raw vs standardize vs mad_robustize (batch-effect report)")
+        target = str(root / f"{Path(outputs[name]).name}_report")
+        summary = run.evaluate_plates(
+            [outputs[name], outputs[f"{name} standardize"], outputs[f"{name} mad_robustize"]],
+            out=target,
+            label_key=label or _jump_label(outputs[name]),
+            sample=1000 if small else 5000,
+            overwrite=True,
+            **kw,
+        )
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(f"report: {target}/index.html")
+        outputs[f"{name} report"] = target
+
     for name in [n for n in list(outputs) if n.endswith("cells")]:
         _step(
             f"preprocess {name}: QC, normalize_total, log1p, HVG, scale, PCA / TF-IDF, LSI / CLR"
@@ -165,8 +182,8 @@ def run_demo(
         suffix = ".h5ad" if "cells" in name or name.startswith("train ") else ".parquet"
         if "cells" in name and "preprocessed" not in name and f"{name} preprocessed" in outputs:
             continue  # the preprocessed set carries the raw counts too
-        if name.startswith(("task ", "tune ")):
-            continue  # scores.json and the task's own shard set stay in its folder
+        if name.startswith(("task ", "tune ")) or name.endswith(" report"):
+            continue  # scores.json, reports and the task's own shard set stay in their folder
         if name.startswith("train "):
             path = str(Path(path) / "embeddings")
         stem = Path(path).parent.name if name.startswith("train ") else Path(path).name
@@ -184,6 +201,17 @@ def run_demo(
         print(f"Open the UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
         print("then browse http://127.0.0.1:5000")
     return outputs
+
+
+def _jump_label(path: str) -> str:
+    """JUMP's compound column (``Metadata_JCP2022``), else the first compound-like column."""
+    from raymmi.io import open_shard_set
+
+    metadata = list(open_shard_set(path).manifest.metadata)
+    for name in ("Metadata_JCP2022", "Metadata_InChIKey", "Metadata_Compound"):
+        if name in metadata:
+            return name
+    return "Metadata_Well"
 
 
 def _train_models(

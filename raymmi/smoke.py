@@ -60,6 +60,28 @@ def smoke_argv(stage: str, out: str | None) -> list[str]:
         source = root / "plates"
         run.generate_plates(spec, out=str(source), overwrite=True)
         return ["export", str(source), "--out", str(root / "plates.parquet"), "--overwrite"]
+    if stage == "evaluate":
+        from raymmi import run
+        from raymmi.config import NormalizeConfig, TrackingConfig
+
+        raw, norm = root / "plates", root / "plates_standardize"
+        off = TrackingConfig(enabled=False)
+        run.generate_plates(spec, out=str(raw), overwrite=True, tracking=off)
+        run.normalize(
+            NormalizeConfig(source=str(raw), out=str(norm), method="standardize", overwrite=True),
+            tracking=off,
+        )
+        return [
+            "evaluate",
+            "plates",
+            str(raw),
+            str(norm),
+            "--out",
+            str(root / "report"),
+            "--overwrite",
+            "--sample",
+            "128",
+        ]
     if stage == "train":
         from raymmi import run
         from raymmi.cells import PreprocessCellsConfig

@@ -60,3 +60,14 @@ def test_load_yaml_errors(tmp_path):
     listy.write_text("- 1\n")
     with pytest.raises(RaymmiError, match="must hold a mapping"):
         load_yaml(listy)
+
+
+@pytest.mark.parametrize("spelling", ["1e-3", "1E-3", "0.001", "1e-03", ".001", "1_0e-4"])
+def test_set_accepts_every_float_spelling(spelling):
+    """YAML 1.1 reads ``1e-3`` as a string; a float field takes what Python's float takes."""
+    from raymmi.config import TrainConfig
+
+    data = apply_overrides({"model_name": "ae", "data": "d", "out": "o"}, [f"optim.lr={spelling}"])
+    assert from_dict(TrainConfig, data).optim.lr == pytest.approx(float(spelling))
+    with pytest.raises(RaymmiError, match="should be of type float"):
+        from_dict(TrainConfig, {**data, "optim": {"lr": "fast"}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
 import pytest
 
 from raymmi.cli import main
@@ -19,6 +20,14 @@ def test_demo_small(tmp_path, capsys):
     for name in ["plates_generated", "cells_multiome_generated_preprocessed"]:
         assert open_shard_set(str(out / name)).manifest.num_rows > 0
     assert (out / "exports" / "plates_generated.parquet").exists()
+    # the plate half ends with its batch-effect report: raw vs the two normalizations
+    report = out / "plates_generated_report"
+    assert (report / "index.html").exists()
+    assert set(pd.read_csv(report / "summary.csv")["set"]) == {
+        "plates_generated",
+        "plates_generated_standardize",
+        "plates_generated_mad_robustize",
+    }
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("demo-test")
     runs = client.search_runs([exp.experiment_id])
@@ -32,3 +41,4 @@ def test_demo_small(tmp_path, capsys):
     assert len(runs) >= 4 and not unfinished, unfinished
     assert any(r.info.run_name.startswith("train-sailerx") for r in runs)
     assert any(r.info.run_name.startswith("task-predict") for r in runs)
+    assert any(r.info.run_name.startswith("evaluate") for r in runs)

@@ -47,3 +47,28 @@ def test_train_job_smoke_test(tmp_path):
     metrics = json.loads((tmp_path / "sailerx" / "metrics.json").read_text())
     assert "ari" in metrics and "reference_ari" in metrics
     assert open_shard_set(str(tmp_path / "sailerx" / "embeddings")).manifest.num_rows == 400
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_evaluate_job_smoke_test(tmp_path, capsys):
+    """`jobs/evaluate.py --smoke-test`: raw vs standardized plates through `raymmi evaluate`."""
+    import pandas as pd
+
+    assert _job("evaluate").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    report = tmp_path / "report"
+    assert (report / "index.html").exists()
+    summary = pd.read_csv(report / "summary.csv")
+    assert list(summary["set"]) == ["plates", "plates_standardize"]
+    assert "report:" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_evaluate_cli_bad_input(tmp_path, capsys):
+    from raymmi.cli import main
+
+    out = tmp_path / "report"
+    assert main(["evaluate", "plates", "--out", str(out)]) == 2
+    assert "sources" in capsys.readouterr().err
+    assert main(["evaluate", "plates", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists()
