@@ -21,6 +21,10 @@ import pandas as pd
 from raymmi.config import TrackingConfig, flatten
 
 _PARAM_LIMIT = 6000  # MLflow's maximum length of a param value
+# MLflow 3's UI opens an experiment without this tag on its GenAI "Traces" page; with the
+# "custom model development" kind it opens on the runs table, where raymmi's runs are.
+_KIND = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {_KIND: "custom_model_development"}
 
 
 def tracking_uri(config: TrackingConfig | None = None) -> str:
@@ -152,10 +156,12 @@ def tracked_run(
     experiment = mlflow.get_experiment_by_name(tracking.experiment)
     if experiment is None:
         experiment_id = mlflow.create_experiment(
-            tracking.experiment, artifact_location=_artifact_root(uri)
+            tracking.experiment, artifact_location=_artifact_root(uri), tags=EXPERIMENT_TAGS
         )
     else:
         experiment_id = experiment.experiment_id
+        if experiment.tags.get(_KIND) is None:
+            mlflow.MlflowClient(uri).set_experiment_tag(experiment_id, _KIND, EXPERIMENT_TAGS[_KIND])
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name or command.replace(" ", "-"),

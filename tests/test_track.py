@@ -84,3 +84,16 @@ def test_normalize_run_has_its_fallback_report(tmp_path):
     assert run.info.status == "FINISHED"
     assert "fallback_report.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert run.data.metrics["fallback_unnormalized"] == len(testing.planted_zero_spread(spec))
+
+
+def test_experiment_opens_on_the_runs_table(tmp_path):
+    """MLflow 3 opens an experiment of kind custom_model_development on its runs, not Traces."""
+    uri = f"sqlite:///{tmp_path / 'kind.db'}"
+    client = mlflow.MlflowClient(uri)
+    old = client.create_experiment("older")  # made before raymmi set the tag
+    for name in ("fresh", "older"):
+        with tracked_run("x", config={}, tracking=TrackingConfig(uri=uri, experiment=name)):
+            pass
+        tags = client.get_experiment_by_name(name).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development", name
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
