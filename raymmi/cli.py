@@ -67,6 +67,111 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         super().error(message + _did_you_mean(message, self))
 
+    def format_help(self) -> str:
+        _annotate(self)
+        return super().format_help()
+
+
+# The settings dataclass behind each command's flags (imported only to print --help): its
+# field defaults are the command's defaults, its fields without one are required.
+CONFIGS: dict[str, tuple[str, str]] = {
+    "ingest plates": ("raymmi.config", "IngestPlatesConfig"),
+    "ingest cells": ("raymmi.config", "IngestCellsConfig"),
+    "normalize": ("raymmi.config", "NormalizeConfig"),
+    "select": ("raymmi.plates", "SelectConfig"),
+    "evaluate plates": ("raymmi.config", "EvaluatePlatesConfig"),
+    "export": ("raymmi.config", "ExportConfig"),
+    "train": ("raymmi.config", "TrainConfig"),
+    "tune": ("raymmi.config", "TrainConfig"),
+    "task": ("raymmi.run._tasks._config", "TaskConfig"),
+    "generate plates": ("raymmi.testing", "PlateSetSpec"),
+    "generate cells": ("raymmi.testing", "CellSetSpec"),
+}
+# flags whose setting has another name
+ALIASES = {
+    "model": "model_name",
+    "plates": "n_plates",
+    "wells": "wells_per_plate",
+    "features": "n_features",
+    "batches": "n_batches",
+    "cells": "n_cells",
+    "genes": "n_genes",
+    "peaks": "n_peaks",
+    "cell_kind": "kind",
+}
+EXAMPLES: dict[str, str] = {
+    "ingest plates": "raymmi ingest plates profiles.csv.gz --out plates --negcon "
+    "\"Metadata_broad_sample == 'DMSO'\"\n  raymmi ingest plates site_folders/ --out wells "
+    "--aggregate median",
+    "ingest cells": "raymmi ingest cells --rna rna.h5ad --adt adt.h5ad --out cite",
+    "normalize": "raymmi normalize plates --out plates_norm --method mad_robustize "
+    "--reference negcon\n  raymmi normalize plates --out plates_combat --method combat",
+    "select": "raymmi select plates_norm --out plates_sel --ops variance,correlation,na",
+    "evaluate plates": "raymmi evaluate plates plates plates_norm --out report",
+    "preprocess cells": "raymmi preprocess cells cite --out cite_pre --config "
+    "jobs/configs/preprocess_cells.yaml",
+    "train": "raymmi train umint --data cite_pre --out umint --label-key cell_type\n  "
+    "raymmi train sailerx --data multiome_pre --out sailerx --workers 2 --set model.gamma=600",
+    "tune": "raymmi tune umint --data cite_pre --out search --space "
+    "jobs/configs/tune_umint.yaml --trials 16 --metric val_ari --mode max --label-key "
+    "cell_type",
+    "task": "raymmi task predict --data cite_pre --out pred --train-batches s1d1 "
+    "--test-batches s1d2 --method svd_krr",
+    "export": "raymmi export plates_norm --out plates_norm.parquet\n  raymmi export "
+    "umint/embeddings --out umint.h5ad",
+    "generate plates": "raymmi generate plates --out plates --plates 16 --features 300",
+    "generate cells": "raymmi generate cells --out cells --kind cite --cells 20000",
+    "inspect": "raymmi inspect plates --verify",
+    "demo": "raymmi demo --small",
+}
+
+
+def _command(parser: argparse.ArgumentParser) -> str:
+    return parser.prog.removeprefix("raymmi").strip()
+
+
+def _annotate(parser: argparse.ArgumentParser) -> None:
+    """Defaults and required settings (from the stage's dataclass) and examples, into --help."""
+    if getattr(parser, "_annotated", False):
+        return
+    parser._annotated = True  # type: ignore[attr-defined]
+    command = _command(parser)
+    if command in EXAMPLES and not parser.epilog:
+        parser.epilog = "example:\n  " + EXAMPLES[command]
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    if command in CONFIGS:
+        import dataclasses
+        import importlib
+
+        module, name = CONFIGS[command]
+        fields = {
+            f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))
+        }
+        for action in parser._actions:
+            field = fields.get(ALIASES.get(action.dest, action.dest))
+            if field is None or action.help == argparse.SUPPRESS:
+                continue
+            action.help = action.help or ""
+            if (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            ):
+                if "required" not in action.help:
+                    action.help = f"{action.help} (required: here or in --config)".lstrip()
+            elif "default" not in action.help and field.default not in (None, (), False):
+                action.help = f"{action.help} (default: {_shown(field.default)})".lstrip()
+    for action in parser._actions:
+        if action.dest == "model" and action.help and "{MODELS}" in action.help:
+            from raymmi.models import model_names
+
+            action.help = action.help.replace("{MODELS}", ", ".join(model_names()))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value).replace("%", "%%")
+
 
 def _did_you_mean(message: str, parser: argparse.ArgumentParser) -> str:
     choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
@@ -143,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(pc)
 
     tr = sub.add_parser("train", help="train a model (SAILERX, UMINT, AE ...) with Ray Train")
-    tr.add_argument("model", help="registered model name (sailerx, umint, ae, dae, sae ...)")
+    tr.add_argument("model", help="registered model: {MODELS}")
     tr.add_argument("--data", help="cells shard set (from raymmi preprocess cells)")
     tr.add_argument("--out", help="output folder (checkpoints, model, metrics, embeddings)")
     tr.add_argument("--workers", type=int, help="Ray Train workers (DDP processes)")
@@ -155,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(tr)
 
     tu = sub.add_parser("tune", help="hyperparameter search of Ray Train runs with Ray Tune")
-    tu.add_argument("model", help="registered model name (sailerx, umint, ae, dae, sae ...)")
+    tu.add_argument("model", help="registered model: {MODELS}")
     tu.add_argument("--data", help="cells shard set (from raymmi preprocess cells)")
     tu.add_argument("--out", help="output folder (results.csv, best.yaml, trials/, tune/)")
     tu.add_argument("--space", required=True, help="search space YAML (jobs/configs/tune_*.yaml)")

@@ -161,10 +161,12 @@ def tracked_run(
     else:
         experiment_id = experiment.experiment_id
         if experiment.tags.get(_KIND) is None:
-            mlflow.MlflowClient(uri).set_experiment_tag(experiment_id, _KIND, EXPERIMENT_TAGS[_KIND])
+            mlflow.MlflowClient(uri).set_experiment_tag(
+                experiment_id, _KIND, EXPERIMENT_TAGS[_KIND]
+            )
     with mlflow.start_run(
         experiment_id=experiment_id,
-        run_name=run_name or command.replace(" ", "-"),
+        run_name=run_name or run_label(command, config),
         nested=nested,
     ) as active:
         run = Run(active.info.run_id, mlflow)
@@ -174,6 +176,29 @@ def tracked_run(
         run.log_dict(dict(config), "config.yaml")
         run.set_tags({"raymmi.command": command, **(tags or {})})
         yield run
+
+
+def run_label(command: str, config: Mapping[str, Any]) -> str:
+    """A run name that says what the run did: ``normalize jump_plates standardize/negcon``.
+
+    The command, the name of its input (``source``/``sources``/``data``, else its ``out``) and
+    the settings that tell runs of one command apart (method, reference, model, task).
+    """
+    sources = config.get("sources") or ()
+    first = config.get("source") or config.get("data") or (sources[0] if sources else None)
+    subject = _stem(first) if first else _stem(config.get("out") or "")
+    if first and len(sources) > 1:
+        subject += f" +{len(sources) - 1}"
+    detail = "/".join(
+        str(config[k])
+        for k in ("task", "model_name", "method", "reference")
+        if isinstance(config.get(k), str)
+    )
+    return " ".join(part for part in (command, subject, detail) if part)
+
+
+def _stem(path: Any) -> str:
+    return Path(str(path).rstrip("/")).name
 
 
 def _param(value: Any) -> str:

@@ -50,3 +50,22 @@ def test_every_readme_command_answers_help(capsys):
     for command in sorted(commands):
         code, out, _ = _exit([command, "--help"], capsys)
         assert code == 0 and "usage: raymmi" in out
+
+
+def test_help_shows_defaults_required_settings_and_examples(capsys):
+    _, out, _ = _exit(["normalize", "--help"], capsys)
+    flat = " ".join(out.split())
+    assert "(default: standardize)" in flat and "(default: negcon)" in flat
+    assert "--out OUT output shard set (required: here or in --config)" in flat
+    assert "example: raymmi normalize" in flat
+    _, out, _ = _exit(["generate", "plates", "--help"], capsys)
+    assert "(default:" in out
+
+
+def test_train_help_lists_every_registered_model(capsys):
+    from raymmi.models import model_names
+
+    for command in ("train", "tune"):
+        _, out, _ = _exit([command, "--help"], capsys)
+        flat = " ".join(out.split())
+        assert all(name in flat for name in model_names()), command

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,10 @@ def test_normalized_mixes_batches_and_keeps_replicates(report):
     assert norm["batch_asw"] > raw["batch_asw"]
     assert norm["ilisi"] > raw["ilisi"] + 0.3
     assert norm["suggested_batch_ari"] < 0.5
+    # negcon-normalized: the plate matrix uses treated wells (negcon medians are zero)
+    assert raw["plate_profile"] == "negcon median"
+    assert norm["plate_profile"] == "treated median"
+    assert np.isfinite(norm["plate_corr_within_batch"])
     assert norm["map_mean"] >= raw["map_mean"] - 0.02
 
 
@@ -148,8 +153,12 @@ def test_one_mlflow_run_holds_the_report(report):
     )
     assert runs
     run = runs[0]
-    top = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"index.html", "summary.csv", "figures", "tables"} <= top
-    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
-    assert "figures/umap_grid.png" in figures
+    stored = {
+        a.path.removeprefix("report/") for a in client.list_artifacts(run.info.run_id, "report")
+    }
+    assert {"index.html", "summary.csv", "umap_grid.png"} <= stored
+    # every image and link of index.html resolves inside MLflow's artifact view too
+    html = (report[1] / "index.html").read_text()
+    linked = set(re.findall(r"(?:src|href)='([^']+)'", html))
+    assert linked and {p for p in linked if not p.endswith(".parquet")} <= stored
     assert run.data.metrics["raw.suggested_batch_ari"] >= 0.9

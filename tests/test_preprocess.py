@@ -159,6 +159,20 @@ def test_multiome_end_to_end_matches_in_memory_and_scanpy(multiome, tmp_path):
     assert list(b.var_names) == list(manifest.modality("rna_hvg").features)
     assert np.abs(hvg - b.X).max() <= 1e-5
 
+    # exported as scanpy leaves it: counts in X and layers["counts"], highly_variable, X_pca
+    from raymmi.io import export_cells
+
+    export_cells(open_shard_set(out), str(tmp_path / "pp.h5ad"))
+    back = ad.read_h5ad(tmp_path / "pp.h5ad")
+    assert (back.layers["counts"] != raw).nnz == 0 and (back.X != raw).nnz == 0
+    assert list(back.var_names[back.var["highly_variable"]]) == list(b.var_names)
+    assert {"X_pca", "X_lsi", "rna_hvg", "atac"} <= set(back.obsm)
+    assert back.obsm["X_pca"].shape == (
+        manifest.num_rows,
+        len(manifest.modality("rna_pca").features),
+    )
+    sc.pp.neighbors(back, use_rep="X_pca", n_neighbors=5)
+
 
 def test_cite_end_to_end_with_tracking(cite, tmp_path):
     mlflow = pytest.importorskip("mlflow")

@@ -97,3 +97,21 @@ def test_experiment_opens_on_the_runs_table(tmp_path):
         tags = client.get_experiment_by_name(name).tags
         assert tags["mlflow.experimentKind"] == "custom_model_development", name
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_run_names_say_what_the_run_did():
+    from raymmi.track import run_label
+
+    config = {"source": "/x/jump_plates/", "out": "/x/n", "method": "standardize"}
+    assert run_label("normalize", {**config, "reference": "negcon"}) == (
+        "normalize jump_plates standardize/negcon"
+    )
+    assert run_label("export", {"source": "/x/cells_pre", "out": "/x/c.h5ad"}) == (
+        "export cells_pre"
+    )
+    assert run_label("evaluate plates", {"sources": ["/a/raw", "/a/norm"], "out": "r"}) == (
+        "evaluate plates raw +1"
+    )
+    assert run_label("generate plates", {"out": "/d/plates_generated", "seed": 0}) == (
+        "generate plates plates_generated"
+    )

@@ -168,6 +168,15 @@ def test_two_worker_ddp_run_learns_checkpoints_and_writes_embeddings(multiome, t
     assert shard.manifest.num_rows == 1200
     assert shard.manifest.modalities[0].name == "X_ae"
     assert shard.verify() == []
+    # MLflow: per-epoch curves at steps 0..3, the final scores once at the last step (none
+    # re-logged at step 0, which would draw a false line back to the start of the chart)
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run_id = shard.manifest.producer["mlflow_run_id"]
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0, 1, 2, 3]
+    for key in ("ari", "train_seconds"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [3], key
 
 
 @pytest.mark.slow
@@ -278,6 +287,20 @@ def test_sailerx_hybrid_training_and_imputation_through_ray_train(multiome, tmp_
     assert names == ["X_sailerx", "atac_imputed"]
     imputed = shard.manifest.modality("atac_imputed")
     assert len(imputed.features) == 800
+    # exported where scanpy looks: .obsm["X_sailerx"] (sc.pp.neighbors(use_rep=...)), no
+    # meaningless depth columns of derived matrices
+    import anndata as ad
+    import scanpy as sc
+
+    from raymmi.io import export_cells
+
+    assert export_cells(shard, str(tmp_path / "emb.h5ad")) == shard.manifest.num_rows
+    adata = ad.read_h5ad(tmp_path / "emb.h5ad")
+    assert set(adata.obsm) == {"X_sailerx", "atac_imputed"} and adata.n_vars == 0
+    assert adata.obsm["X_sailerx"].shape == (shard.manifest.num_rows, 8)
+    assert not [c for c in adata.obs if c.startswith(("X_", "atac_imputed"))]
+    sc.pp.neighbors(adata, use_rep="X_sailerx", n_neighbors=5)
+    assert "connectivities" in adata.obsp
 
 
 def test_latest_written_checkpoint_skips_incomplete_folders(tmp_path):

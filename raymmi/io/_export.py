@@ -32,6 +32,10 @@ from raymmi.schema import (
 )
 
 EXPORT_SUFFIXES = {"plates": (".parquet", ".csv", ".csv.gz"), "cells": (".h5ad",)}
+# preprocessed matrices under the keys scanpy and muon use for them
+OBSM_NAMES = {"rna_pca": "X_pca", "atac_lsi": "X_lsi"}
+PREPROCESSED = frozenset({"rna_hvg", "rna_norm", "rna_pca", "atac_lsi", "adt_clr"})
+COUNT_MODALITIES = frozenset({"rna", "atac", "adt"})
 
 
 def export_format(shard_set: ShardSet, out: str) -> str:
@@ -98,7 +102,12 @@ def export_cells(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> i
 
     ``X`` holds the first modality's stored values (raw counts after ingest); every other
     modality goes to ``.obsm[<name>]`` (sparse CSR or dense),
-    its feature names to ``.uns["<name>_features"]``; ``<mod>_depth`` columns go to ``obs``.
+    its feature names to ``.uns["<name>_features"]``; ``<mod>_depth`` columns of measured
+    modalities go to ``obs``. An embeddings set (from ``raymmi train``) has no ``X``: its
+    ``X_<model>`` embedding and any ``<mod>_imputed`` matrices go to ``.obsm``. A preprocessed
+    set (``raymmi preprocess cells``) is laid out as scanpy leaves it: raw counts in ``X`` and
+    ``.layers["counts"]``, ``.var["highly_variable"]``, PCA in ``.obsm["X_pca"]``, LSI in
+    ``.obsm["X_lsi"]``, scaled HVGs / CLR as ``.obsm["rna_hvg"]`` / ``.obsm["adt_clr"]``.
     Sparse matrices are appended chunk by chunk, so memory is one shard plus ``obs``.
     """
     export_format(shard_set, out)
@@ -106,9 +115,17 @@ def export_cells(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> i
     if not manifest.modalities:
         msg = f"{shard_set.uri!r} has no modalities to export"
         raise RaymmiError(msg)
-    first, *others = manifest.modalities
-    meta = [c for c in manifest.metadata if c != CELL_ID]
-    depth = [depth_column(m.name) for m in manifest.modalities]
+    # an embeddings set (``X_<model>`` + imputations) has no counts for .X: every modality goes
+    # to .obsm under its own name, where scanpy looks (``use_rep="X_umint"``)
+    counts = [m for m in manifest.modalities if not _derived(m.name)]
+    first = counts[0] if counts else None
+    others = [m for m in manifest.modalities if m is not first]
+    depth = [depth_column(m.name) for m in counts]
+    meta = [
+        c
+        for c in manifest.metadata
+        if c != CELL_ID and c not in depth and not any(c == depth_column(m.name) for m in others)
+    ]
     obs_frames = [
         t.to_pandas().set_index(CELL_ID)
         for _, t in shard_set.iter_tables(columns=[CELL_ID, *meta, *depth])
@@ -120,19 +137,40 @@ def export_cells(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> i
             obs[column] = obs[column].astype("category")
     n = len(obs)
 
+    var = pd.DataFrame(index=pd.Index([] if first is None else list(first.features)))
+    names = {m.name for m in others}
+    hvg = next((m for m in others if m.name == "rna_hvg"), None)
+    if first is not None and first.name == "rna" and hvg is not None:
+        var["highly_variable"] = var.index.isin(hvg.features)
+
     def write(path: str) -> None:
         shell = ad.AnnData(
             obs=obs,
-            var=pd.DataFrame(index=pd.Index(first.features)),
-            uns={f"{m.name}_features": np.asarray(m.features, dtype=object) for m in others},
+            var=var,
+            uns={
+                f"{OBSM_NAMES.get(m.name, m.name)}_features": np.asarray(m.features, dtype=object)
+                for m in others
+            },
         )
         shell.write_h5ad(path)
+        targets = [] if first is None else [("X", first)]
+        targets += [(f"obsm/{OBSM_NAMES.get(m.name, m.name)}", m) for m in others]
         with h5py.File(path, "r+") as f:
-            for target, modality in (("X", first), *((f"obsm/{m.name}", m) for m in others)):
+            for target, modality in targets:
                 _write_modality(f, target, shard_set, modality, n)
+            if first is not None and first.name in COUNT_MODALITIES and names & PREPROCESSED:
+                # scvi-tools / scanpy look for raw counts in layers["counts"]: a hard link to
+                # X's group (the same bytes, stored once)
+                f.require_group("layers")
+                f["layers/counts"] = f["X"]
 
     _atomic(out, overwrite, write)
     return n
+
+
+def _derived(name: str) -> bool:
+    """A model's output (``X_<model>`` embedding, ``<mod>_imputed``), not measured counts."""
+    return name.startswith("X_") or name.endswith("_imputed")
 
 
 def _write_modality(f: h5py.File, target: str, shard_set: ShardSet, modality, n: int) -> None:

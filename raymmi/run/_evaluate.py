@@ -167,12 +167,10 @@ def evaluate_plates(
                 for fig_name, fig in result["figures"].items():
                     png = f"{name}_{fig_name}.png"
                     fig.savefig(posixpath.join(staging, png), dpi=110)
-                    run.log_figure(fig, f"figures/{png}")
                     files[name].append(png)
                 for table_name, table in result["tables"].items():
                     csv = f"{name}_{table_name}.csv"
                     table.to_csv(posixpath.join(staging, csv), index=False)
-                    run.log_table(table, f"tables/{csv}")
                 run.log_metrics(
                     {
                         f"{name}.{k}": v
@@ -185,15 +183,17 @@ def evaluate_plates(
                 title=f"UMAP of sampled wells (seed {seed}); colours = {batch_key}",
             )
             grid.savefig(posixpath.join(staging, "umap_grid.png"), dpi=100)
-            run.log_figure(grid, "figures/umap_grid.png")
             files["umap"] = ["umap_grid.png"]
             summary = pd.DataFrame([r["summary"] for r in per_set.values()])
             summary.to_csv(posixpath.join(staging, "summary.csv"), index=False)
             _write_report(
                 staging, summary, per_set, files, batch_key=batch_key, label_key=label_key
             )
-            run.log_artifact(posixpath.join(staging, "summary.csv"))
-            run.log_artifact(posixpath.join(staging, "index.html"))
+            # the report's own layout, so index.html's links and images work inside MLflow;
+            # the per-well score tables (one row per well) stay in the report folder only
+            for entry in sorted(os.listdir(staging)):
+                if not entry.endswith(".parquet"):
+                    run.log_artifact(posixpath.join(staging, entry), "report")
             _commit(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -6,7 +6,7 @@ import math
 import posixpath
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,24 @@ def _choose_plates(plate_batch: Mapping[str, str], per_batch: int, seed: int) ->
     return chosen
 
 
+def _plate_profile(manifest: Any, negcon_medians: Sequence[np.ndarray]) -> str:
+    """Which wells' per-plate medians the plate correlation uses: ``negcon`` or ``treated``.
+
+    After per-plate normalization against the plate's own negative controls (``raymmi
+    normalize --reference negcon``, or any set whose negcon medians are all zero) those
+    medians are zero by construction: their correlation is noise (standardize) or undefined
+    (mad_robustize). The treated wells' medians still carry what differs between plates.
+    """
+    producer = manifest.producer or {}
+    config = producer.get("config") or {}
+    if producer.get("command") == "normalize" and config.get("reference", "negcon") == "negcon":
+        return "treated"
+    values = [np.nan_to_num(np.abs(v), nan=0.0) for v in negcon_medians]
+    if values and max(float(v.max(initial=0.0)) for v in values) < 1e-6:
+        return "treated"
+    return "negcon"
+
+
 def _evaluate_one(
     name: str,
     shard_set: ShardSet,
@@ -80,7 +98,15 @@ def _evaluate_one(
             "re-ingest with --negcon QUERY marking the negative-control wells"
         )
         raise RaymmiError(msg)
-    without = sorted(r["plate"] for r in results if r["median"] is None)
+    profile = _plate_profile(m, [r["median"] for r in results if r["median"] is not None])
+    key = "median" if profile == "negcon" else "treated_median"
+    if profile == "treated":
+        notes.append(
+            "plate correlation on the per-plate medians of treated wells: this set was "
+            "normalized against each plate's negative controls, so their medians are zero "
+            "by construction and say nothing about plates"
+        )
+    without = sorted(r["plate"] for r in results if r[key] is None)
     if without:
         notes.append(
             f"{len(without)} plate(s) without negcon wells left out of the plate matrix: "
@@ -94,11 +120,12 @@ def _evaluate_one(
 
     # plates x plates on the driver
     medians = pd.DataFrame(
-        np.stack([r["median"] for r in results if r["median"] is not None]),
-        index=[r["plate"] for r in results if r["median"] is not None],
+        np.stack([r[key] for r in results if r[key] is not None]),
+        index=[r["plate"] for r in results if r[key] is not None],
         columns=features,
     )
     out: dict[str, Any] = {"set": name, "uri": shard_set.uri, "plates": len(results)}
+    out["plate_profile"] = f"{profile} median"
     out.update(
         wells=sum(r["rows"] for r in results),
         negcon_wells=negcon_rows,

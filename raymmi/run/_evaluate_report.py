@@ -13,6 +13,11 @@ from raymmi.run._evaluate_tasks import HELDOUT, SCORE
 
 # (summary column, better direction) in report order; the direction is printed in the report
 SUMMARY_METRICS: tuple[tuple[str, str], ...] = (
+    (
+        "plate_profile",
+        "wells whose per-plate medians the plate correlation uses (treated "
+        "after per-plate negcon normalization, which zeroes the negcon medians)",
+    ),
     ("plate_corr_within_batch", "lower = less batch structure"),
     ("plate_corr_between_batch", "closer to within-batch = less batch structure"),
     ("suggested_batch_ari", "lower = batches no longer recoverable from negcon medians"),

@@ -47,6 +47,7 @@ def _plate_pass(
     negcon = frame[NEGCON].fillna(False).astype(bool).to_numpy()
     x = frame[features].to_numpy(dtype=np.float64)
     median = np.nanmedian(x[negcon], axis=0) if negcon.any() else None
+    treated_median = np.nanmedian(x[~negcon], axis=0) if (~negcon).any() else None
     keys = [k for k in _KEYS if k in frame.columns]
     u = _well_uniform(frame, keys, seed)
     n_neg = min(int(negcon.sum()), quota // 2)
@@ -61,6 +62,7 @@ def _plate_pass(
         "batch": str(batches.index[0]) if len(batches) else "",
         "batches_in_plate": len(batches),
         "median": median,
+        "treated_median": treated_median,
         "sample": frame.iloc[pick].reset_index(drop=True),
     }
 

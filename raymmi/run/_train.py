@@ -246,7 +246,13 @@ def _record(
     """
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["resumed"] = resumed
-    run.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)})
+    # once, at the last epoch's step: a metric logged at step 0 after the per-epoch curves
+    # draws a false line back to the start of the chart; the curves' own keys are not repeated
+    per_epoch = set(history.columns)
+    run.log_metrics(
+        {k: float(v) for k, v in metrics.items() if _is_number(v) and k not in per_epoch},
+        step=int(metrics.get("epoch", 0)),
+    )
     run.log_dict(metrics, "metrics.json")
     _log_plots(run, history, samples)
     tmp = out / "metrics.json.tmp"
