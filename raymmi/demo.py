@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -83,9 +84,12 @@ def run_demo(
         ),
         ("CellProfiler wells", "cellpainting/cellprofiler_BR00121431", None, "median"),
     ]
+    missing = [name for name, rel, _, _ in real if not testing.has_shared_data(rel)]
+    if missing or not testing.has_shared_data(CITE.format("rna")):
+        print(_SHARED_NOTE.format(root=testing.shared_data_root()))
     for name, rel, negcon, aggregate in real:
         if not testing.has_shared_data(rel):
-            print(f"(skipping {name}: ../shared/data/{rel} is not here)")
+            print(f"SKIPPED {name}: {rel} is not in the shared data folder")
             continue
         _step(f"ingest {name} ({rel})")
         target = str(root / name.lower().replace(" ", "_"))
@@ -102,7 +106,12 @@ def run_demo(
         )
         outputs[name] = target
 
-    if testing.has_shared_data(CITE.format("rna")):
+    if not testing.has_shared_data(CITE.format("rna")):
+        print(
+            "SKIPPED the CITE-seq starter (NeurIPS 2021 tasks, UMINT on real cells): "
+            f"{CITE.format('rna')} is not in the shared data folder"
+        )
+    else:
         _step("ingest CITE-seq cells (RNA + ADT, raw counts from layers['counts'])")
         outputs["CITE cells"] = str(root / "cite_cells")
         run.ingest_cells(
@@ -197,10 +206,28 @@ def run_demo(
     for name, path in outputs.items():
         print(f"  {name:38s} {path}")
     if tracking is None or tracking.enabled:
+        mlflow_cli = Path(sys.executable).parent / "mlflow"
         print(f"\nMLflow runs: {uri} (experiment {(tracking or TrackingConfig()).experiment!r})")
-        print(f"Open the UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
-        print("then browse http://127.0.0.1:5000")
+        print(
+            f"Open the UI:  {mlflow_cli} ui --backend-store-uri {uri} --host 127.0.0.1 "
+            "--port 5000\nthen browse http://127.0.0.1:5000"
+        )
+    raw, norm = outputs["generated plates"], outputs["generated plates mad_robustize"]
+    print(
+        "\nTry next:\n"
+        f"  raymmi evaluate plates {raw} {norm} --out {root / 'my_report'}\n"
+        f"  raymmi normalize {raw} --out {root / 'plates_combat'} --method combat\n"
+        "  raymmi tune umint --data CELLS_PREPROCESSED --out SEARCH --space "
+        "jobs/configs/tune_umint.yaml --trials 8 --metric val_loss --mode min"
+    )
     return outputs
+
+
+_SHARED_NOTE = (
+    "The real data sets (JUMP and LINCS profiles, raw CellProfiler output, the CITE-seq "
+    "starter) are not all in {root}. They ship in the project's shared/data folder beside the "
+    "repository (see its README); point RAYMMI_SHARED_DATA at a copy of it to include them."
+)
 
 
 def _jump_label(path: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 import pytest
@@ -17,6 +20,10 @@ def test_demo_small(tmp_path, capsys):
     assert main(["demo", "--small", "--out", str(out), "--experiment", "demo-test"]) == 0
     text = capsys.readouterr().out
     assert "mlflow ui --backend-store-uri" in text and str(out) in text
+    # the UI command runs as printed (the interpreter's own mlflow, venv activated or not)
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    assert mlflow_cli.exists() and f"{mlflow_cli} ui --backend-store-uri" in text
+    assert "Try next:" in text and "raymmi evaluate plates" in text
     for name in ["plates_generated", "cells_multiome_generated_preprocessed"]:
         assert open_shard_set(str(out / name)).manifest.num_rows > 0
     assert (out / "exports" / "plates_generated.parquet").exists()

@@ -106,6 +106,7 @@ from raymmi.testing._common import (
     SpecError,
     has_shared_data,
     shared_data,
+    shared_data_root,
 )
 from raymmi.testing._plate_generation import (
     generate_plate,
@@ -206,4 +207,5 @@ __all__ = [
     "plate_ids",
     "protein_names",
     "shared_data",
+    "shared_data_root",
 ]

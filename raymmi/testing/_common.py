@@ -21,6 +21,11 @@ def _shared_root() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
+def shared_data_root() -> Path:
+    """The shared data folder in force: ``$RAYMMI_SHARED_DATA``, else ``<repo>/../shared/data``."""
+    return _shared_root()
+
+
 def shared_data(relpath: str) -> Path:
     """Path of a real data file under ``shared/data`` beside the project's root.
 
