@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle as _Rectangle
 from scipy.cluster.hierarchy import leaves_list, linkage
 
 _CMAP_DIVERGING = "RdBu_r"
@@ -378,26 +379,56 @@ def metric_heatmap(
         labels = [f"{a:.3g}-{b:.3g}" for a, b in itertools.pairwise(edges)]
         return index, labels
 
-    data = frame[[x, y, metric]].dropna(subset=[metric])
+    counts = [c for c in ("completed", "stopped_early") if c in frame.columns]
+    data = frame[[x, y, metric, *counts]].dropna(subset=[metric])
     xs, x_labels = _axis_bins(data[x], bins, log_x)
     ys, y_labels = _axis_bins(data[y], bins, log_y)
     grid = np.full((len(y_labels), len(x_labels)), np.nan)
+    stopped = np.zeros_like(grid, dtype=bool)
     cells = pd.DataFrame({"x": xs, "y": ys, "m": data[metric].to_numpy(dtype=float)})
     for (i, j), value in cells.groupby(["y", "x"])["m"].mean().items():
         grid[int(i), int(j)] = value
-    fig = _figure(1.2 + 0.9 * len(x_labels), 1.2 + 0.6 * len(y_labels))
+    if len(counts) == 2:
+        # a cell whose every configuration ASHA stopped early: its value is a partial run's
+        cells["stopped"] = (data["stopped_early"] > 0).to_numpy() & (
+            data["completed"] == 0
+        ).to_numpy()
+        for (i, j), value in cells.groupby(["y", "x"])["stopped"].all().items():
+            stopped[int(i), int(j)] = bool(value)
+    fig = _figure(max(6.0, 2.4 + 1.0 * len(x_labels)), max(4.5, 2.0 + 0.55 * len(y_labels)))
     ax = fig.subplots()
     cmap = "viridis" if mode == "max" else "viridis_r"
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", origin="lower")
+    ax.set_facecolor("0.92")
+    finite = grid[np.isfinite(grid)]
+    middle = float(np.mean([finite.min(), finite.max()])) if len(finite) else 0.0
     for (i, j), value in np.ndenumerate(grid):
-        if np.isfinite(value):
-            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
-    ax.set_xticks(np.arange(len(x_labels)), x_labels, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(np.arange(len(y_labels)), y_labels, fontsize=7)
+        if not np.isfinite(value):
+            ax.text(j, i, "no trial", ha="center", va="center", fontsize=7, color="0.4")
+            continue
+        bright = (value > middle) == (mode == "max")
+        label = f"{value:.3g}" + ("\nstopped" if stopped[i, j] else "")
+        ax.text(
+            j, i, label, ha="center", va="center", fontsize=8, color="black" if bright else "white"
+        )
+        if stopped[i, j]:
+            ax.add_patch(
+                _Rectangle(
+                    (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", linewidth=0, edgecolor="0.5"
+                )
+            )
+    ax.set_xticks(np.arange(len(x_labels)), x_labels, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(np.arange(len(y_labels)), y_labels, fontsize=8)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    fig.colorbar(image, ax=ax, label=f"{metric} (mean per cell)")
-    ax.set_title(title or f"{metric} over {x} x {y}", fontsize=9)
+    shown = metric.removesuffix("_mean")
+    fig.colorbar(image, ax=ax, label=f"mean {shown}", shrink=0.9)
+    note = "; hatched: every trial stopped early" if stopped.any() else ""
+    ax.set_title(
+        title or f"{shown} ({'higher' if mode == 'max' else 'lower'} is better){note}",
+        fontsize=9,
+        wrap=True,
+    )
     return fig
 
 
@@ -445,15 +476,15 @@ def parallel_coordinates(
             low, high = float(np.nanmin(t)), float(np.nanmax(t))
             span = high - low or 1.0
             scaled[:, k] = (t - low) / span
-            ends = (10**low, 10**high) if use_log else (low, high)
-            ticks.append([(0.0, f"{ends[0]:.3g}"), (1.0, f"{ends[1]:.3g}")])
+            marks = np.linspace(low, high, 5 if high > low else 1)
+            ticks.append([((m - low) / span, f"{(10**m if use_log else m):.3g}") for m in marks])
         else:
             values = list(dict.fromkeys(column.astype(str)))
             step = 1.0 / max(1, len(values) - 1)
             lookup = {v: i * step for i, v in enumerate(values)}
             scaled[:, k] = column.astype(str).map(lookup).to_numpy()
             ticks.append([(lookup[v], v) for v in values])
-    fig = _figure(1.6 + 1.5 * len(axes_names), 4.2)
+    fig = _figure(max(6.0, 2.0 + 1.7 * len(axes_names)), 4.8)
     ax = fig.subplots()
     score = pd.to_numeric(data[metric], errors="coerce").to_numpy(dtype=float)
     finite = score[np.isfinite(score)]
@@ -468,7 +499,6 @@ def parallel_coordinates(
         ax.plot(positions, scaled[i], color=color, alpha=0.8, linewidth=1.2)
     if highlight is not None and 0 <= highlight < len(data):
         ax.plot(positions, scaled[highlight], color="red", linewidth=3, label="best")
-        fig.legend(fontsize=7, loc="outside lower right")
     for k, axis_ticks in enumerate(ticks):
         ax.axvline(k, color="black", linewidth=0.8)
         for position, label in axis_ticks:
@@ -481,5 +511,6 @@ def parallel_coordinates(
     from matplotlib.colors import Normalize
 
     fig.colorbar(ScalarMappable(Normalize(low, high), cmap), ax=ax, label=metric)
-    ax.set_title(title or f"{len(data)} configurations", fontsize=9)
+    best = " (red: the best)" if highlight is not None and 0 <= highlight < len(data) else ""
+    ax.set_title(title or f"{len(data)} configurations{best}", fontsize=9)
     return fig

@@ -282,3 +282,41 @@ def test_plots_draw_from_a_results_table():
         highlight=0,
     )
     assert len(fig.axes) == 2
+
+
+def test_search_plots_are_legible(tmp_path):
+    """Big enough to read, titles not clipped, stopped and empty cells marked, legend inside."""
+    from raymmi import plots
+
+    frame = pd.DataFrame(
+        {
+            "model.gamma": [10.0, 10.0, 100.0, 1000.0],
+            "model.lam": [0.01, 1.0, 0.01, 1.0],
+            "val_ari_mean": [0.9, 0.5, 0.7, 0.2],
+            "completed": [1, 1, 0, 1],
+            "stopped_early": [0, 0, 1, 0],
+        }
+    )
+    fig = plots.metric_heatmap(frame, "model.gamma", "model.lam", "val_ari_mean", log_x=True)
+    width, height = fig.get_size_inches() * 100
+    assert width >= 600 and height >= 450  # at dpi 100 (was 300 x 240)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert "no trial" in texts  # (gamma 100, lam 1) and (1000, 0.01) were not tried
+    assert any("stopped" in t for t in texts)
+    assert ax.get_title().startswith("val_ari (higher is better)")
+    assert fig.axes[1].get_ylabel() == "mean val_ari"
+    fig.savefig(tmp_path / "heatmap.png")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    box = fig.get_window_extent(renderer)
+    title = ax.title.get_window_extent(renderer)
+    assert box.x0 <= title.x0 and title.x1 <= box.x1  # not clipped
+    fig = plots.parallel_coordinates(
+        frame, ["model.gamma", "model.lam"], "val_ari_mean", log=["model.gamma"], highlight=0
+    )
+    ax = fig.axes[0]
+    assert not fig.legends and "(red: the best)" in ax.get_title()  # nothing outside the axes
+    assert len([t for t in ax.texts]) >= 2 * 5  # 5 ticks per numeric axis, not min/max
