@@ -257,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, help="shortcut for --set optim.epochs=N")
     tr.add_argument("--label-key", help="obs column with labels: ARI/NMI/silhouette")
     tr.add_argument("--extra-data", help="SAILERX hybrid training: ATAC-only cells set")
+    tr.add_argument(
+        "--impute",
+        action="store_true",
+        default=None,
+        help="also write the decoder's imputations (dense; large) beside the embedding",
+    )
     _common(tr)
 
     tu = sub.add_parser("tune", help="hyperparameter search of Ray Train runs with Ray Tune")
@@ -633,6 +639,7 @@ def _train(args: argparse.Namespace) -> int:
         "cpus_per_worker": args.cpus_per_worker,
         "label_key": args.label_key,
         "extra_data": args.extra_data,
+        "impute": args.impute,
         "overwrite": args.overwrite,
     }
     if args.epochs is not None:

@@ -303,7 +303,9 @@ class TrainConfig:
         Ray Tune trial needs, since the search ranks trials on the per-epoch metrics and the
         winner is retrained with ``raymmi train --config best.yaml``.
     impute
-        Write the model's imputations (decoder output) next to the embedding.
+        Also write the model's imputations (decoder output) next to the embedding. Off by
+        default: they are dense cells x features matrices (20,000 cells x 5,000 peaks is
+        400 MB), wanted only to look at denoised values.
     metrics_max_cells
         Cells (a seeded sample) the clustering metrics are computed on.
     score_every
@@ -331,7 +333,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 2
     embed: bool = True
-    impute: bool = True
+    impute: bool = False
     metrics_max_cells: int = 20_000
     score_every: int = 1
     overwrite: bool = False

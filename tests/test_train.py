@@ -276,6 +276,7 @@ def test_sailerx_hybrid_training_and_imputation_through_ray_train(multiome, tmp_
         extra_data=extra,
         label_key="cell_type",
         workers=1,
+        impute=True,  # opt-in
     )
     metrics = train(config)
     # ATAC-only batches were trained with L_Inv alone (no alignment term)
