@@ -291,36 +291,86 @@ def loss_curves(history: pd.DataFrame, *, title: str = "") -> Figure:
 
 
 def embedding_scatter(
-    embeddings: Mapping[str, np.ndarray], labels: Sequence[str], *, title: str = ""
+    embeddings: Mapping[str, np.ndarray],
+    labels: Sequence[str],
+    *,
+    batch: Sequence[str] | None = None,
+    title: str = "",
+    max_cells: int = 5000,
+    seed: int = 0,
 ) -> Figure:
-    """Side-by-side 2-d views (first two principal components) of embeddings, by label.
+    """UMAPs of embeddings, coloured by label (top row) and by batch (bottom row).
 
     Parameters
     ----------
     embeddings
         Name → array of shape (n, d) over the same n cells (the model's, the reference ...).
     labels
-        Label per cell (cell type), length n.
+        Label per cell (cell type), length n. Up to 20 labels get a legend; more are written
+        on the plot at each label's median position.
+    batch
+        Batch per cell, length n: a second row of the same UMAPs coloured by batch.
     title
         Figure title.
+    max_cells
+        Cells drawn (a seeded subset): UMAP costs seconds per thousand cells.
+    seed
+        Seed of the subset and of UMAP (deterministic).
     """
+    import umap
+
     names = np.asarray(labels).astype(str)
-    colors = _colors(sorted(np.unique(names)))
-    fig = _figure(4.6 * max(1, len(embeddings)), 4.2)
-    axes = fig.subplots(1, max(1, len(embeddings)), squeeze=False)[0]
-    for ax, (name, x) in zip(axes, embeddings.items(), strict=False):
-        x = np.asarray(x, dtype=np.float64)
-        centered = x - x.mean(axis=0)
-        _, _, vt = np.linalg.svd(centered, full_matrices=False)
-        coords = centered @ vt[:2].T if vt.shape[0] >= 2 else np.c_[centered[:, 0], 0 * x[:, 0]]
-        for label, color in colors.items():
-            sel = names == label
-            ax.scatter(*coords[sel].T, s=5, color=color, label=label, alpha=0.8, linewidths=0)
-        ax.set_title(f"{name} (PC1/PC2 of {x.shape[1]} dims)", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if len(colors) <= 20:
-        axes[-1].legend(fontsize=7, markerscale=2, loc="best")
+    keep = np.arange(len(names))
+    if len(keep) > max_cells:
+        keep = np.sort(np.random.default_rng(seed).choice(len(keep), max_cells, replace=False))
+    rows = [("label", names[keep])]
+    if batch is not None:
+        rows.append(("batch", np.asarray(batch).astype(str)[keep]))
+    cols = max(1, len(embeddings))
+    fig = _figure(5.2 * cols, 4.6 * len(rows))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for k, (name, x) in enumerate(embeddings.items()):
+        x = np.nan_to_num(np.asarray(x, dtype=np.float64)[keep])
+        if len(x) >= 10:
+            reducer = umap.UMAP(
+                n_neighbors=min(15, len(x) - 1), min_dist=0.3, random_state=seed, n_jobs=1
+            )
+            coords = np.asarray(reducer.fit_transform(x))
+            axis_name = "UMAP"
+        else:  # too few cells for a neighbour graph: the first two coordinates
+            coords = np.c_[x[:, 0], x[:, 1] if x.shape[1] > 1 else 0 * x[:, 0]]
+            axis_name = "dim"
+        for r, (kind, values) in enumerate(rows):
+            ax = axes[r][k]
+            colors = _colors(sorted(np.unique(values)))
+            for value, color in colors.items():
+                sel = values == value
+                ax.scatter(*coords[sel].T, s=4, color=color, label=value, alpha=0.8, linewidths=0)
+            ax.set_title(f"{name} ({x.shape[1]} dims), by {kind}", fontsize=9)
+            ax.set_xlabel(f"{axis_name} 1", fontsize=8)
+            ax.set_ylabel(f"{axis_name} 2", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if len(colors) <= 20:
+                if k == cols - 1:
+                    ax.legend(
+                        fontsize=7,
+                        markerscale=2.5,
+                        loc="center left",
+                        bbox_to_anchor=(1.0, 0.5),
+                        frameon=False,
+                    )
+            else:
+                for value in colors:
+                    at = np.median(coords[values == value], axis=0)
+                    ax.text(
+                        *at,
+                        value,
+                        fontsize=6,
+                        ha="center",
+                        va="center",
+                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.6, "lw": 0},
+                    )
     if title:
         fig.suptitle(title)
     return fig

@@ -320,3 +320,24 @@ def test_search_plots_are_legible(tmp_path):
     ax = fig.axes[0]
     assert not fig.legends and "(red: the best)" in ax.get_title()  # nothing outside the axes
     assert len([t for t in ax.texts]) >= 2 * 5  # 5 ticks per numeric axis, not min/max
+
+
+def test_embedding_plot_is_umap_by_type_and_by_batch():
+    from raymmi import plots
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([f"type{i}" for i in range(25)], 8)
+    x = rng.normal(size=(200, 6)) + (np.arange(200) // 8)[:, None] * 0.5
+    batch = np.tile(["s1d1", "s2d1"], 100)
+    fig = plots.embedding_scatter({"model": x, "reference": x[:, :4]}, labels, batch=batch)
+    axes = fig.axes
+    assert len(axes) == 4
+    assert [a.get_title() for a in axes] == [
+        "model (6 dims), by label",
+        "reference (4 dims), by label",
+        "model (6 dims), by batch",
+        "reference (4 dims), by batch",
+    ]
+    assert axes[0].get_xlabel() == "UMAP 1"
+    assert {t.get_text() for t in axes[0].texts} == set(labels)  # 25 types: named on the plot
+    assert axes[3].get_legend() is not None  # 2 batches: a legend

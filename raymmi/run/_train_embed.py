@@ -26,7 +26,14 @@ from raymmi.io._shardset import PartWriter, ShardSet, resolve
 from raymmi.models._batches import arrow_to_batch
 from raymmi.run._runtime import gather
 from raymmi.run._train_plan import TrainPlan, split_mask
-from raymmi.schema import CELL_ID, FileEntry, Modality, dense_to_list, depth_column
+from raymmi.schema import (
+    CELL_BATCH,
+    CELL_ID,
+    FileEntry,
+    Modality,
+    dense_to_list,
+    depth_column,
+)
 from raymmi.track import Run
 
 EMBED_ROWS = 4096  # cells embedded at once in an output task
@@ -61,7 +68,12 @@ def _embed_task(
     keep = [c for c in (CELL_ID, *metadata) if c in names]
     columns = list(dict.fromkeys(keep + plan.layout.columns(names)))
     writer: PartWriter | None = None
-    samples: dict[str, list[np.ndarray]] = {"embedding": [], "reference": [], "labels": []}
+    samples: dict[str, list[np.ndarray]] = {
+        "embedding": [],
+        "reference": [],
+        "labels": [],
+        "batch": [],
+    }
     try:
         for record in parquet.iter_batches(batch_size=EMBED_ROWS, columns=columns):
             table = pa.Table.from_batches([record])
@@ -89,6 +101,9 @@ def _embed_task(
                 labels = table.column(label_key) if label_key in table.column_names else None
                 if labels is not None:
                     samples["labels"].append(np.asarray(labels.to_pylist(), dtype=object)[pick])
+                if CELL_BATCH in table.column_names:  # for the plots' by-batch panels
+                    batch = table.column(CELL_BATCH).to_pylist()
+                    samples["batch"].append(np.asarray(batch, dtype=object)[pick])
     finally:
         entry = writer.close() if writer is not None else None
     return entry, {k: np.concatenate(v) for k, v in samples.items() if v}
@@ -127,7 +142,7 @@ def _embed(
     entries = [e for e, _ in results if e is not None]
     samples = {
         key: np.concatenate([s[key] for _, s in results if key in s])
-        for key in ("embedding", "reference", "labels")
+        for key in ("embedding", "reference", "labels", "batch")
         if any(key in s for _, s in results)
     }
     width = int(samples["embedding"].shape[1])
@@ -193,6 +208,11 @@ def _log_plots(run: Run, history: pd.DataFrame, samples: Mapping[str, np.ndarray
                 if key in samples and len(samples[key]) == len(samples["labels"])
             },
             list(samples["labels"].astype(str)),
+            batch=(
+                list(samples["batch"].astype(str))
+                if len(samples.get("batch", ())) == len(samples["labels"])
+                else None
+            ),
         )
         run.log_figure(figure, "train/embedding.png")
 
