@@ -541,7 +541,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         ray_config=_ray(args),
         tracking=_tracking(args),
     )
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(run.summary_text(summary))
     print(f"report: {config.out}/index.html")
     return 0
 

@@ -165,7 +165,7 @@ def run_demo(
             overwrite=True,
             **kw,
         )
-        print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(run.summary_text(summary))
         print(f"report: {target}/index.html")
         outputs[f"{name} report"] = target
 

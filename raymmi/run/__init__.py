@@ -2,7 +2,7 @@
 
 from raymmi.run._cells import generate_cells, ingest_cells
 from raymmi.run._datasets import read_dataset
-from raymmi.run._evaluate import evaluate_plates
+from raymmi.run._evaluate import evaluate_plates, summary_text
 from raymmi.run._export import export
 from raymmi.run._normalize import normalize
 from raymmi.run._plates import generate_plates, ingest_plates
@@ -28,6 +28,7 @@ __all__ = [
     "read_dataset",
     "run_task",
     "select_features",
+    "summary_text",
     "train",
     "tune",
 ]

@@ -41,7 +41,26 @@ from raymmi.run._runtime import init_ray
 from raymmi.schema import BATCH, RaymmiError
 from raymmi.track import tracked_run
 
-__all__ = ["HELDOUT", "SCORE", "SUMMARY_METRICS", "evaluate_plates"]
+__all__ = ["HELDOUT", "SCORE", "SUMMARY_METRICS", "evaluate_plates", "summary_text"]
+
+# the summary's columns worth a terminal line (every metric is in summary.csv and the report)
+KEY_COLUMNS = (
+    "set",
+    "plate_profile",
+    "plate_corr_within_batch",
+    "plate_corr_between_batch",
+    "suggested_batch_ari",
+    "batch_asw",
+    "ilisi",
+    "map_mean",
+    "heldout_auroc_mean",
+)
+
+
+def summary_text(summary: pd.DataFrame) -> str:
+    """The key columns of an evaluation summary as a small table for the terminal."""
+    shown = summary[[c for c in KEY_COLUMNS if c in summary.columns]]
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 
 def evaluate_plates(
