@@ -157,21 +157,23 @@ def outlier_plot(
     -------
     matplotlib.figure.Figure
     """
-    fig = _figure(11.0, 4.5)
+    fig = _figure(12.0, 5.0)
     left, right = fig.subplots(1, 2)
-    left.scatter(*np.asarray(negcon_points).T, s=6, color="0.6", label="negcon", linewidths=0)
+    left.scatter(
+        *np.asarray(negcon_points).T, s=6, color="0.75", label="negcon wells", linewidths=0
+    )
     sc = left.scatter(
         *np.asarray(treated_points).T,
         s=6,
         c=np.asarray(treated_scores),
         cmap="viridis",
-        label="treated",
         linewidths=0,
     )
-    fig.colorbar(sc, ax=left, label="log-likelihood")
-    left.set_xlabel("PC1 (negcon)")
-    left.set_ylabel("PC2 (negcon)")
-    left.legend(fontsize=7)
+    fig.colorbar(sc, ax=left, label="treated wells: log-likelihood (low = outlier)")
+    left.set_xlabel("PC1 of negcon wells")
+    left.set_ylabel("PC2 of negcon wells")
+    left.legend(fontsize=7, loc="upper right", markerscale=2)
+    left.set_title("treated wells coloured by score, negcon wells grey", fontsize=9)
     finite_t = np.asarray(treated_scores)[np.isfinite(treated_scores)]
     finite_n = np.asarray(negcon_scores)[np.isfinite(negcon_scores)]
     both = np.concatenate([finite_t, finite_n])
@@ -181,7 +183,8 @@ def outlier_plot(
     right.hist(np.clip(finite_t, low, None), bins=bins, alpha=0.6, density=True, label="treated")
     if threshold is not None:
         right.axvline(threshold, color="k", linestyle="--", label="negcon 1st percentile")
-    right.set_xlabel("log-likelihood under the negcon GMM (clipped at 0.5th percentile)")
+    right.set_xlabel("log-likelihood under the negcon GMM\n(clipped at the 0.5th percentile)")
+    right.set_ylabel("density")
     right.legend(fontsize=7)
     fig.suptitle(title or "GMM outlier scores")
     return fig

@@ -237,7 +237,11 @@ def _evaluate_one(
         shown_trt[SCORE].to_numpy(),
         scores.loc[is_neg, SCORE].to_numpy(),
         threshold=threshold,
-        title=f"{name}: GMM ({gmm.n_components} components) on negcon, every well scored",
+        title=(
+            f"{name}: Gaussian mixture of {gmm.n_components} "
+            f"component{'s' if gmm.n_components != 1 else ''} fitted on negcon wells, "
+            "every well scored"
+        ),
     )
 
     # batch metrics on the sample (PCA of z-scored features)
