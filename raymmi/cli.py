@@ -738,8 +738,12 @@ def _task(args: argparse.Namespace) -> int:
     config = _settings(run.TaskConfig, args, flags, where="task")
     scores = run.run_task(config, ray_config=_ray(args), tracking=_tracking(args))
     print(f"{config.task} ({config.method or 'default method'}) scores, also in {config.out}:")
+    batches = len(config.test_batches) if config.embed_cells == "test" else None
     for name, value in scores.items():
-        print(f"  {name:28s} {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
+        if isinstance(value, float):
+            print(f"  {name:28s} {run.score_text(name, value, batches=batches)}")
+        else:
+            print(f"  {name}: {value}")
     return 0
 
 

@@ -310,14 +310,19 @@ def _tasks(root: Path, outputs: dict[str, str], *, kw: dict[str, Any]) -> dict[s
         )
         scores = run.run_task(config, **kw)
         rows.extend(
-            {"task": task, "method": method, "score": name, "value": value}
+            {
+                "task": task,
+                "method": method,
+                "score": name,
+                "value": run.score_text(name, value, batches=1),
+            }
             for name, value in scores.items()
             if isinstance(value, float)
         )
         done[f"task {task} {method}"] = target
     import pandas as pd
 
-    print("\n" + pd.DataFrame(rows).to_string(index=False, float_format="%.4f"))
+    print("\n" + pd.DataFrame(rows).to_string(index=False))
     return done
 
 

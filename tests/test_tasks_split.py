@@ -34,3 +34,13 @@ def test_one_batch_cannot_be_split():
     # fewer than two batches: whatever is named, one side is empty or they overlap
     with pytest.raises(ValueError, match="overlap"):
         T.batch_split(np.array(["s1", "s1"]), train_batches=["s1"], test_batches=["s1"])
+
+
+def test_nan_scores_print_why():
+    from raymmi.run import score_text
+
+    assert score_text("nmi", 0.61234) == "0.6123"
+    assert score_text("asw_batch", float("nan"), batches=1) == "n/a (one batch in the scored cells)"
+    assert score_text("ilisi", float("nan")) == "n/a (one batch in the scored cells)"
+    assert score_text("ti_cons", float("nan")).startswith("n/a (no pseudotime")
+    assert score_text("asw_batch", float("nan"), batches=2) == "n/a (not computable on these cells)"

@@ -9,7 +9,7 @@ from raymmi.run._plates import generate_plates, ingest_plates
 from raymmi.run._preprocess import preprocess_cells
 from raymmi.run._runtime import gather, init_ray
 from raymmi.run._select import select_features
-from raymmi.run._tasks import TaskConfig, run_task
+from raymmi.run._tasks import TaskConfig, run_task, score_text
 from raymmi.run._train import train
 from raymmi.run._tune import tune
 
@@ -27,6 +27,7 @@ __all__ = [
     "preprocess_cells",
     "read_dataset",
     "run_task",
+    "score_text",
     "select_features",
     "summary_text",
     "train",

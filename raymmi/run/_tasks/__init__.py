@@ -46,6 +46,7 @@ from raymmi.run._tasks._config import PURE_SETTINGS as PURE_SETTINGS
 from raymmi.run._tasks._config import TASKS as TASKS
 from raymmi.run._tasks._config import Matrix as Matrix
 from raymmi.run._tasks._config import TaskConfig as TaskConfig
+from raymmi.run._tasks._config import score_text as score_text
 from raymmi.run._tasks._embedding import _embed
 from raymmi.run._tasks._methods import _figure, _Result, _settings
 from raymmi.run._tasks._output import _finish

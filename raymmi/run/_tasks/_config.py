@@ -161,3 +161,22 @@ class TaskConfig:
     def resolved_method(self) -> str:
         """The method that runs: ``method``, or the task's default."""
         return self.method or METHODS[self.task][0]
+
+
+# why an embed score can be NaN, by metric (printed instead of "nan")
+NOT_COMPUTED = {
+    "asw_batch": "one batch in the scored cells",
+    "ilisi": "one batch in the scored cells",
+    "cc_cons": "no cell-cycle genes or no RNA among the modalities",
+    "ti_cons": "no pseudotime_order_* column in the data",
+}
+
+
+def score_text(name: str, value: float, *, batches: int | None = None) -> str:
+    """A score for the terminal: its value, or ``n/a (why)`` when it could not be computed."""
+    if value == value:  # not NaN
+        return f"{value:.4f}"
+    why = NOT_COMPUTED.get(name, "not computable on these cells")
+    if name in ("asw_batch", "ilisi") and batches is not None and batches > 1:
+        why = "not computable on these cells"
+    return f"n/a ({why})"
