@@ -46,6 +46,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--experiment", default="raymmi", help="MLflow experiment name")
     group.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     group.add_argument("--overwrite", action="store_true", default=None, help="replace --out")
+    group.add_argument(
+        "--verbose", action="store_true", help="also print Ray's own logs (Ray Data, Ray Train)"
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -790,6 +793,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``raymmi`` command; return its exit code."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        from raymmi.run._logs import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
     try:
         return COMMANDS[args.command](args)
     except RaymmiError as err:

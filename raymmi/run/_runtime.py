@@ -11,6 +11,7 @@ import ray
 from tqdm.auto import tqdm
 
 from raymmi.config import RayConfig
+from raymmi.run._logs import quiet_driver, worker_log_env
 from raymmi.schema import RaymmiError
 
 # Every worker gets single-threaded BLAS: several workers share a node, and oversubscribed
@@ -52,7 +53,8 @@ def init_ray(config: RayConfig | None = None) -> dict[str, Any]:
     if ray.is_initialized():
         return ray.cluster_resources()
     address = config.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": WORKER_ENV}
+    quiet_driver()
+    runtime_env = {"env_vars": {**WORKER_ENV, **worker_log_env()}}
     try:
         if address:
             # Inside `ray job submit` the job's runtime env (jobs/runtime_env.yaml) already

@@ -29,6 +29,7 @@ import yaml
 
 from raymmi.config import RayConfig, TrackingConfig, TrainConfig, to_dict
 from raymmi.io._shardset import ShardSetWriter
+from raymmi.run._logs import epoch_printer, train_log_level
 from raymmi.run._plates import producer
 from raymmi.run._runtime import init_ray
 from raymmi.run._train_embed import _embed, _is_number, _log_plots
@@ -146,7 +147,13 @@ def train(
     (out / "config.yaml").write_text(yaml.safe_dump(_model_identity(config), sort_keys=False))
     cfg = to_dict(config)
     cfg["optim_resolved"] = dict(plan.optim)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     with tracked_run(
@@ -184,7 +191,8 @@ def train(
                     max_failures=config.max_failures,
                     controller_failure_limit=3,  # type: ignore[call-arg]
                 ),
-                callbacks=list(callbacks),
+                callbacks=list(callbacks) or [epoch_printer(plan.optim.get("epochs"))],
+                logging_config=LoggingConfig(log_level=train_log_level()),
             ),
             datasets=dict(_datasets(plan, shard, extra)),
         )

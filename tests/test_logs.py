@@ -1,0 +1,40 @@
+"""What runs print: one line per epoch, Ray's notices dropped unless --verbose."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from raymmi.run._logs import (
+    VERBOSE_ENV,
+    epoch_line,
+    quiet_driver,
+    train_log_level,
+    verbose,
+    worker_log_env,
+)
+
+
+def test_epoch_line_reads_like_a_training_log():
+    metrics = {"epoch": 2, "train_loss": 0.51234, "val_loss": 0.6, "val_ari": 0.41, "x": 1}
+    assert epoch_line(metrics, epochs=15) == (
+        "  epoch 3/15: train_loss=0.5123 val_loss=0.6 val_ari=0.41"
+    )
+    assert epoch_line({"epoch": 0, "val_ari": math.nan, "epoch_seconds": 1.25}) == (
+        "  epoch 1: seconds=1.25 s"
+    )
+
+
+def test_quiet_unless_verbose(monkeypatch, caplog):
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("RAY_DATA_LOG_LEVEL", raising=False)
+    assert not verbose() and train_log_level() == "WARNING"
+    assert worker_log_env() == {"RAY_DATA_LOG_LEVEL": "WARNING"}
+    quiet_driver()
+    logger = logging.getLogger("ray")
+    with caplog.at_level(logging.WARNING, logger="ray"):
+        logger.warning("Token authentication is enabled for this Ray cluster. Set ...")
+        logger.warning("a real warning")
+    assert [r.getMessage() for r in caplog.records] == ["a real warning"]
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    assert verbose() and train_log_level() == "INFO" and worker_log_env() == {}
