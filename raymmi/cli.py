@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--out", help="output shard set")
     cells.add_argument("--chunk-size", type=int, help="cells per chunk and per file")
     cells.add_argument("--batch-key", help="obs column with the batch (default: batch)")
+    cells.add_argument(
+        "--layer",
+        help="matrix to read: X, or a name in layers (default: layers['counts'] if present, "
+        "else X)",
+    )
     _common(cells)
 
     norm = sub.add_parser("normalize", help="per-plate / global normalization of plates")
@@ -433,6 +438,7 @@ def _ingest(args: argparse.Namespace) -> int:
             "out": args.out,
             "chunk_size": args.chunk_size,
             "batch_key": args.batch_key,
+            "layer": args.layer,
             "overwrite": args.overwrite,
         },
         where="ingest cells",

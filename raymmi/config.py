@@ -104,6 +104,10 @@ class IngestCellsConfig:
         Cells per read chunk and per output file.
     batch_key
         ``obs`` column holding the batch; missing → one batch named ``batch0``.
+    layer
+        Matrix read from every modality: ``X``, a name in ``layers``, or unset for
+        ``layers["counts"]`` when present, else ``X``. A challenge's normalized ``X`` is
+        ``layer: X`` (``raymmi task`` scores it; ``preprocess`` expects raw counts).
     """
 
     rna: str
@@ -112,6 +116,7 @@ class IngestCellsConfig:
     adt: str | None = None
     chunk_size: int = 10_000
     batch_key: str = "batch"
+    layer: str | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:

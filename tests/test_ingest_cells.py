@@ -111,3 +111,23 @@ def test_bad_cell_inputs(tmp_path, capsys):
         assert _run("ingest", "cells", "--rna", str(src), "--out", str(tmp_path / "o")) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_layer_chooses_the_matrix(tmp_path, cite, capsys):
+    """--layer X takes a challenge's normalized .X even where layers['counts'] exists."""
+    rna_path, adt_path, rna, _ = cite
+    out = tmp_path / "x"
+    args = ["--rna", str(rna_path), "--adt", str(adt_path), "--out", str(out), "--layer", "X"]
+    assert _run("ingest", "cells", *args) == 0
+    m = open_shard_set(str(out)).manifest
+    assert m.extra["counts_from"]["rna"].endswith("/X")
+    table = open_shard_set(str(out)).read_table()
+    values = lists_to_sparse(
+        table.column("rna_indices"), table.column("rna_values"), n_features=rna.n_vars
+    )
+    assert abs(values - sp.csr_matrix(rna.X, dtype=np.float32)).max() < 1e-6
+    bad = ["--rna", str(rna_path), "--adt", str(adt_path), "--out", str(tmp_path / "b")]
+    assert _run("ingest", "cells", *bad, "--layer", "spliced") == 2
+    err = capsys.readouterr().err
+    assert "--layer 'spliced'" in err and "layers ['counts']" in err
+    assert not (tmp_path / "b").exists()

@@ -73,13 +73,23 @@ def _group_of(f: h5py.File, path: str, name: str) -> str:
     raise RaymmiError(msg)
 
 
-def open_modality(path: str | Path, *, name: str) -> H5Modality:
+def open_modality(path: str | Path, *, name: str, layer: str | None = None) -> H5Modality:
     """Locate modality ``name`` in an ``.h5ad`` (the whole file) or ``.h5mu`` (``mod/<name>``).
+
+    Parameters
+    ----------
+    path
+        The ``.h5ad`` / ``.h5mu`` file.
+    name
+        raymmi modality name (``rna``, ``atac``, ``adt``).
+    layer
+        The matrix to read: ``"X"``, a name in ``layers``, or ``None`` for ``layers["counts"]``
+        when present, else ``X`` (with a warning for RNA/ATAC: it may be normalized).
 
     Raises
     ------
     RaymmiError
-        Unknown file type, unreadable file, or no such modality.
+        Unknown file type, unreadable file, no such modality or no such layer.
     """
     path = str(path)
     if not path.lower().endswith((".h5ad", ".h5mu")):
@@ -96,13 +106,22 @@ def open_modality(path: str | Path, *, name: str) -> H5Modality:
     with f:
         group = _group_of(f, path, name)
         g = f[group]
-        matrix = "layers/counts" if "layers" in g and "counts" in g["layers"] else "X"
+        layers = sorted(g["layers"].keys()) if "layers" in g else []
+        if layer is None:
+            matrix = "layers/counts" if "counts" in layers else "X"
+        else:
+            matrix = "X" if layer == "X" else f"layers/{layer}"
         if matrix not in g:
-            msg = f"{path!r} ({name}) has neither layers['counts'] nor X"
+            if layer is None:
+                msg = f"{path!r} ({name}) has neither layers['counts'] nor X"
+            else:
+                msg = f"--layer {layer!r}: {path!r} ({name}) has no such matrix; it has X" + (
+                    f" and layers {layers}" if layers else " and no layers"
+                )
             raise RaymmiError(msg)
         features = tuple(str(v) for v in _index(g["var"]))
         n_obs = len(_index(g["obs"]))
-    if matrix == "X" and name in ("rna", "atac"):
+    if matrix == "X" and layer is None and name in ("rna", "atac"):
         warnings.warn(
             f"{path!r} ({name}) has no layers['counts']; storing X, which may be normalized",
             stacklevel=2,

@@ -39,15 +39,15 @@ def _ingest_chunk(
 
 
 def _modalities(config: IngestCellsConfig) -> list[h5.H5Modality]:
-    mods = [h5.open_modality(config.rna, name="rna")]
+    mods = [h5.open_modality(config.rna, name="rna", layer=config.layer)]
     for name in ("atac", "adt"):
         path = getattr(config, name)
         if path is not None:
-            mods.append(h5.open_modality(path, name=name))
+            mods.append(h5.open_modality(path, name=name, layer=config.layer))
     if len(mods) == 1 and config.rna.lower().endswith(".h5mu"):
         for name in ("atac", "adt"):
             try:
-                mods.append(h5.open_modality(config.rna, name=name))
+                mods.append(h5.open_modality(config.rna, name=name, layer=config.layer))
                 break
             except RaymmiError:
                 continue
