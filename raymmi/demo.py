@@ -21,7 +21,7 @@ from raymmi.config import (
     TrainConfig,
 )
 from raymmi.plates import DEFAULT_OPS, SelectConfig
-from raymmi.track import tracking_uri
+from raymmi.track import runs_page, tracking_uri
 
 TRAIN_COLUMNS = ("train_loss", "val_loss", "ari", "nmi", "silhouette", "reference_ari")
 CITE = "singlecell/openproblems_bmmc_cite_starter/openproblems_bmmc_cite_starter.output_{}.h5ad"
@@ -210,7 +210,7 @@ def run_demo(
         print(f"\nMLflow runs: {uri} (experiment {(tracking or TrackingConfig()).experiment!r})")
         print(
             f"Open the UI:  {mlflow_cli} ui --backend-store-uri {uri} --host 127.0.0.1 "
-            "--port 5000\nthen browse http://127.0.0.1:5000"
+            f"--port 5000\nthen browse {runs_page(tracking)}"
         )
     raw, norm = outputs["generated plates"], outputs["generated plates mad_robustize"]
     print(

@@ -178,6 +178,24 @@ def tracked_run(
         yield run
 
 
+def runs_page(
+    tracking: TrackingConfig | None = None, *, host: str = "http://127.0.0.1:5000"
+) -> str:
+    """The MLflow UI's address of the experiment's runs table (not its GenAI Overview).
+
+    MLflow 3's UI opens an experiment in its GenAI mode unless the address asks for the
+    model-training workflow (``workflowType=machine_learning``).
+    """
+    import mlflow
+
+    tracking = tracking or TrackingConfig()
+    experiment = mlflow.MlflowClient(tracking_uri(tracking)).get_experiment_by_name(
+        tracking.experiment
+    )
+    where = f"experiments/{experiment.experiment_id}/runs" if experiment else "experiments"
+    return f"{host}/#/{where}?workflowType=machine_learning"
+
+
 def run_label(command: str, config: Mapping[str, Any]) -> str:
     """A run name that says what the run did: ``normalize jump_plates standardize/negcon``.
 

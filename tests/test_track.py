@@ -115,3 +115,14 @@ def test_run_names_say_what_the_run_did():
     assert run_label("generate plates", {"out": "/d/plates_generated", "seed": 0}) == (
         "generate plates plates_generated"
     )
+
+
+def test_runs_page_opens_the_runs_table(tmp_path):
+    from raymmi.track import runs_page
+
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'p.db'}", experiment="e")
+    with tracked_run("x", config={}, tracking=tracking):
+        pass
+    url = runs_page(tracking)
+    assert url.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert url.endswith("/runs?workflowType=machine_learning")
