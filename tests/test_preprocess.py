@@ -211,6 +211,20 @@ def test_cite_end_to_end_with_tracking(cite, tmp_path):
     }
     assert {"preprocess/hvg.csv", "preprocess/pca_variance_ratio.png"} <= artifacts
 
+    # .h5mu on request, in muon's layout
+    import mudata as md
+
+    from raymmi.io import export_cells
+
+    assert export_cells(open_shard_set(out), str(tmp_path / "pp.h5mu")) == 900
+    mdata = md.read_h5mu(tmp_path / "pp.h5mu")
+    assert set(mdata.mod) == {"rna", "adt"}
+    np.testing.assert_array_equal(np.asarray(mdata["adt"].X), block.adt)
+    assert np.abs(mdata["adt"].layers["clr"] - cells.clr(block.adt)).max() <= 1e-6
+    assert mdata["rna"].obsm["X_pca"].shape == (900, 8)
+    assert int(mdata["rna"].var["highly_variable"].sum()) == 120
+    assert "cell_type" in mdata.obs
+
 
 def _nothing_written(out: Path) -> None:
     assert not out.exists()

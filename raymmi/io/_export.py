@@ -31,7 +31,7 @@ from raymmi.schema import (
     values_column,
 )
 
-EXPORT_SUFFIXES = {"plates": (".parquet", ".csv", ".csv.gz"), "cells": (".h5ad",)}
+EXPORT_SUFFIXES = {"plates": (".parquet", ".csv", ".csv.gz"), "cells": (".h5ad", ".h5mu")}
 # preprocessed matrices under the keys scanpy and muon use for them
 OBSM_NAMES = {"rna_pca": "X_pca", "atac_lsi": "X_lsi"}
 PREPROCESSED = frozenset({"rna_hvg", "rna_norm", "rna_pca", "atac_lsi", "adt_clr"})
@@ -98,7 +98,7 @@ def export_plates(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> 
 
 
 def export_cells(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> int:
-    """Write a ``cells`` set as ``.h5ad``; return the number of cells.
+    """Write a ``cells`` set as ``.h5ad`` (or ``.h5mu``: :func:`export_mudata`); return its cells.
 
     ``X`` holds the first modality's stored values (raw counts after ingest); every other
     modality goes to ``.obsm[<name>]`` (sparse CSR or dense),
@@ -110,7 +110,8 @@ def export_cells(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> i
     ``.obsm["X_lsi"]``, scaled HVGs / CLR as ``.obsm["rna_hvg"]`` / ``.obsm["adt_clr"]``.
     Sparse matrices are appended chunk by chunk, so memory is one shard plus ``obs``.
     """
-    export_format(shard_set, out)
+    if export_format(shard_set, out) == ".h5mu":
+        return export_mudata(shard_set, out, overwrite=overwrite)
     manifest = shard_set.manifest
     if not manifest.modalities:
         msg = f"{shard_set.uri!r} has no modalities to export"
@@ -200,3 +201,64 @@ def _write_modality(f: h5py.File, target: str, shard_set: ShardSet, modality, n:
             dataset.append(block)
     if dataset is None:
         ad.io.write_elem(f, target, sp.csr_matrix((0, width), dtype=np.float32))
+
+
+# where a preprocessed matrix goes in a MuData: its modality, and the slot there
+MUDATA_SLOTS = {
+    "rna_pca": ("rna", "obsm", "X_pca"),
+    "rna_hvg": ("rna", "obsm", "rna_hvg"),
+    "rna_norm": ("rna", "obsm", "rna_norm"),
+    "atac_lsi": ("atac", "obsm", "X_lsi"),
+    "adt_clr": ("adt", "layers", "clr"),
+}
+
+
+def export_mudata(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> int:
+    """Write a paired ``cells`` set as ``.h5mu`` (muon's layout); return the number of cells.
+
+    One AnnData per measured modality under ``mod/<name>`` (raw counts in ``X`` and
+    ``layers["counts"]``); PCA/LSI in that modality's ``obsm`` (``X_pca``, ``X_lsi``), CLR as
+    ``mod/adt`` ``layers["clr"]``; cell metadata in the MuData's ``obs``. Unlike ``.h5ad``
+    export, the whole set is held in memory while it is written.
+    """
+    import tempfile
+
+    import mudata as md
+
+    with tempfile.TemporaryDirectory() as tmp:
+        flat = f"{tmp}/cells.h5ad"
+        n = export_cells(shard_set, flat)
+        whole = ad.read_h5ad(flat)
+    counts = [m for m in shard_set.manifest.modalities if not _derived(m.name)]
+    if not counts:
+        msg = f"{shard_set.uri!r} holds no measured modality for .h5mu; export it to .h5ad"
+        raise RaymmiError(msg)
+    mods: dict[str, ad.AnnData] = {}
+    for k, m in enumerate(counts):
+        x = whole.X if k == 0 else whole.obsm[m.name]
+        adata = ad.AnnData(
+            X=x, obs=pd.DataFrame(index=whole.obs_names), var=pd.DataFrame(index=list(m.features))
+        )
+        adata.layers["counts"] = x
+        if k == 0 and "highly_variable" in whole.var:
+            adata.var["highly_variable"] = whole.var["highly_variable"].to_numpy()
+        mods[m.name] = adata
+    for m in shard_set.manifest.modalities:
+        if m.name in MUDATA_SLOTS and MUDATA_SLOTS[m.name][0] in mods:
+            mod, slot, key = MUDATA_SLOTS[m.name]
+            values = whole.obsm[OBSM_NAMES.get(m.name, m.name)]
+            getattr(mods[mod], slot)[key] = values
+        elif _derived(m.name):
+            mods[m.name] = ad.AnnData(
+                X=whole.obsm[m.name],
+                obs=pd.DataFrame(index=whole.obs_names),
+                var=pd.DataFrame(index=list(m.features)),
+            )
+    mdata = md.MuData(mods)
+    mdata.obs = mdata.obs.join(whole.obs)
+
+    def write(path: str) -> None:
+        mdata.write_h5mu(path)
+
+    _atomic(out, overwrite, write)
+    return n
