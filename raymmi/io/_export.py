@@ -170,8 +170,12 @@ def export_cells(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> i
 
 
 def _derived(name: str) -> bool:
-    """A model's output (``X_<model>`` embedding, ``<mod>_imputed``), not measured counts."""
-    return name.startswith("X_") or name.endswith("_imputed")
+    """Whether a modality is computed from the measurements, not measured.
+
+    An embedding ``X_<model>``, ``<mod>_imputed``, PCA, LSI, CLR, scaled HVGs: no ``.X`` of its
+    own, and its row sums mean nothing.
+    """
+    return name.startswith("X_") or name.endswith("_imputed") or name in PREPROCESSED
 
 
 def _write_modality(f: h5py.File, target: str, shard_set: ShardSet, modality, n: int) -> None:
@@ -230,8 +234,11 @@ def export_mudata(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> 
         n = export_cells(shard_set, flat)
         whole = ad.read_h5ad(flat)
     counts = [m for m in shard_set.manifest.modalities if not _derived(m.name)]
-    if not counts:
-        msg = f"{shard_set.uri!r} holds no measured modality for .h5mu; export it to .h5ad"
+    if len(counts) < 2:
+        msg = (
+            f"{shard_set.uri!r} holds {len(counts)} measured modality; .h5mu is for paired "
+            "modalities: export it to .h5ad"
+        )
         raise RaymmiError(msg)
     mods: dict[str, ad.AnnData] = {}
     for k, m in enumerate(counts):

@@ -60,10 +60,12 @@ def _child_runs(client: Any, parent_run_id: str, extra: str = "") -> list[Any]:
 
 
 def _mark_stopped(uri: str, parent_run_id: str, stopped: set[str]) -> None:
-    """Nested runs of trials ASHA stopped: status KILLED, tag ``raymmi.stopped_early``.
+    """Nested runs of trials ASHA stopped: FINISHED, tagged ``raymmi.stopped_early``.
 
     A stopped trial's process is ended mid-training, so its run is left RUNNING (or closed
-    as FINISHED by MLflow's exit hook): neither says what happened.
+    by MLflow's exit hook) and says nothing of what happened. Early stopping is the search
+    working as meant, so such a run ends FINISHED (MLflow's red KILLED reads as a crash); the
+    tags say it was stopped and after how many epochs (``raymmi.stopped_at_epoch``).
     """
     from mlflow.tracking import MlflowClient
 
@@ -72,7 +74,10 @@ def _mark_stopped(uri: str, parent_run_id: str, stopped: set[str]) -> None:
         trial_id = run.data.tags.get("raymmi.trial_id")
         if trial_id in stopped:
             client.set_tag(run.info.run_id, "raymmi.stopped_early", "true")
-            client.set_terminated(run.info.run_id, status="KILLED")
+            last = run.data.metrics.get("epoch")
+            if last is not None:
+                client.set_tag(run.info.run_id, "raymmi.stopped_at_epoch", int(last) + 1)
+            client.set_terminated(run.info.run_id, status="FINISHED")
         elif run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, status="KILLED")
 
