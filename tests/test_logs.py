@@ -7,6 +7,7 @@ import math
 
 from raymmi.run._logs import (
     VERBOSE_ENV,
+    EpochPrinter,
     epoch_line,
     quiet_driver,
     train_log_level,
@@ -38,3 +39,27 @@ def test_quiet_unless_verbose(monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records] == ["a real warning"]
     monkeypatch.setenv(VERBOSE_ENV, "1")
     assert verbose() and train_log_level() == "INFO" and worker_log_env() == {}
+
+
+def test_epoch_printer_reads_the_checkpoints_as_they_appear(tmp_path, capsys):
+    import json
+
+    folder = tmp_path / "train"
+    printer = EpochPrinter(folder, epochs=3)
+    printer.poll()  # no folder yet: nothing, no error
+    history = []
+    for epoch in range(3):
+        history.append({"epoch": epoch, "train_loss": 1.0 / (epoch + 1)})
+        (folder / f"epoch-{epoch:05d}").mkdir(parents=True)
+        (folder / f"epoch-{epoch:05d}" / "state.json").write_text(json.dumps({"history": history}))
+        if epoch == 1:
+            printer.poll()
+    (folder / "epoch-00003").mkdir()  # being written: no state.json yet
+    printer.poll()
+    printer.poll()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "  epoch 1/3: train_loss=1",
+        "  epoch 2/3: train_loss=0.5",
+        "  epoch 3/3: train_loss=0.3333",
+    ]

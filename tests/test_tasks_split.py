@@ -40,7 +40,11 @@ def test_nan_scores_print_why():
     from raymmi.run import score_text
 
     assert score_text("nmi", 0.61234) == "0.6123"
-    assert score_text("asw_batch", float("nan"), batches=1) == "n/a (one batch in the scored cells)"
+    assert (
+        score_text("asw_batch", float("nan"), batches=1) == "n/a (one batch in the scored cells)"
+    )
     assert score_text("ilisi", float("nan")) == "n/a (one batch in the scored cells)"
     assert score_text("ti_cons", float("nan")).startswith("n/a (no pseudotime")
-    assert score_text("asw_batch", float("nan"), batches=2) == "n/a (not computable on these cells)"
+    assert (
+        score_text("asw_batch", float("nan"), batches=2) == "n/a (not computable on these cells)"
+    )

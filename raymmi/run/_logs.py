@@ -9,7 +9,11 @@ warnings and errors and drops the rest:
 - Ray Data's logger (driver and workers) at ``WARNING`` (``RAY_DATA_LOG_LEVEL``); on a
   terminal Ray Data still draws its progress bars, which are not log lines;
 - Ray Train's console logs at ``WARNING`` (``RunConfig(logging_config=...)``); raymmi prints one
-  line per epoch itself (:func:`epoch_printer`);
+  line per epoch itself (:class:`EpochPrinter`);
+- worker and actor output is not forwarded to the driver (``ray.init(log_to_driver=False)``):
+  Ray Train's controller and placement-group cleaner warn every few seconds when Ray runs
+  without its dashboard, and Ray Data's actors print notices; it all stays in Ray's session
+  log folder (``/tmp/ray/session_latest/logs``). Errors still reach the driver as exceptions;
 - the token-authentication notice of ``ray.init`` is dropped (the cluster stays token-protected).
 
 ``raymmi --verbose`` (``RAYMMI_VERBOSE=1``) restores all of Ray's logs.
@@ -17,10 +21,12 @@ warnings and errors and drops the rest:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,13 +87,51 @@ def epoch_line(metrics: Mapping[str, Any], *, epochs: int | None = None) -> str:
     return f"  {head}: " + " ".join(shown)
 
 
-def epoch_printer(epochs: int | None) -> Any:
-    """A Ray Train callback printing :func:`epoch_line` on the driver after every report."""
-    from ray.train import UserCallback
+class EpochPrinter:
+    """Prints :func:`epoch_line` on the driver for every epoch a training run checkpoints.
 
-    class EpochPrinter(UserCallback):
-        def after_report(self, run_context: Any, metrics: Any, checkpoint: Any) -> None:
-            if metrics:
-                print(epoch_line(metrics[0], epochs=epochs), flush=True)
+    Ray Train reports reach callbacks in its controller process, whose output is not the
+    driver's (and is not forwarded without ``--verbose``); every checkpoint folder's
+    ``state.json`` carries the run's history, so a driver thread reads them as they appear.
+    Use as a context manager around ``trainer.fit()``.
+    """
 
-    return EpochPrinter()
+    def __init__(
+        self, folder: str | os.PathLike[str], *, epochs: int | None, every_s: float = 0.5
+    ):
+        self.folder = os.fspath(folder)
+        self.epochs = epochs
+        self.every_s = every_s
+        self.printed = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="epoch-printer", daemon=True)
+
+    def __enter__(self) -> EpochPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.poll()  # the last epochs, written just before fit() returned
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+    def poll(self) -> None:
+        """Print the epochs of the newest complete checkpoint not printed yet."""
+        try:
+            names = sorted(n for n in os.listdir(self.folder) if n.startswith("epoch-"))
+        except OSError:
+            return
+        for name in reversed(names):
+            try:
+                with open(os.path.join(self.folder, name, "state.json"), encoding="utf-8") as f:
+                    history = json.load(f)["history"]
+            except (OSError, ValueError, KeyError):
+                continue  # being written, or removed by checkpoint rotation
+            for row in history[self.printed + 1 :]:
+                print(epoch_line(row, epochs=self.epochs), flush=True)
+            self.printed = max(self.printed, len(history) - 1)
+            return

@@ -11,7 +11,7 @@ import ray
 from tqdm.auto import tqdm
 
 from raymmi.config import RayConfig
-from raymmi.run._logs import quiet_driver, worker_log_env
+from raymmi.run._logs import quiet_driver, verbose, worker_log_env
 from raymmi.schema import RaymmiError
 
 # Every worker gets single-threaded BLAS: several workers share a node, and oversubscribed
@@ -64,6 +64,7 @@ def init_ray(config: RayConfig | None = None) -> dict[str, Any]:
                 address=address,
                 runtime_env=None if in_job else runtime_env,
                 logging_level=logging.WARNING,
+                log_to_driver=verbose(),
             )
         else:
             store = config.object_store_mb
@@ -75,6 +76,7 @@ def init_ray(config: RayConfig | None = None) -> dict[str, Any]:
                 include_dashboard=False,
                 runtime_env=runtime_env,
                 logging_level=logging.WARNING,
+                log_to_driver=verbose(),
             )
     except ConnectionError as err:
         msg = (

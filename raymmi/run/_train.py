@@ -13,6 +13,7 @@ clustering scores of the embedding and of the reference the model was given.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,7 +30,7 @@ import yaml
 
 from raymmi.config import RayConfig, TrackingConfig, TrainConfig, to_dict
 from raymmi.io._shardset import ShardSetWriter
-from raymmi.run._logs import epoch_printer, train_log_level
+from raymmi.run._logs import EpochPrinter, train_log_level
 from raymmi.run._plates import producer
 from raymmi.run._runtime import init_ray
 from raymmi.run._train_embed import _embed, _is_number, _log_plots
@@ -191,13 +192,19 @@ def train(
                     max_failures=config.max_failures,
                     controller_failure_limit=3,  # type: ignore[call-arg]
                 ),
-                callbacks=list(callbacks) or [epoch_printer(plan.optim.get("epochs"))],
+                callbacks=list(callbacks),
                 logging_config=LoggingConfig(log_level=train_log_level()),
             ),
             datasets=dict(_datasets(plan, shard, extra)),
         )
+        printer = (
+            contextlib.nullcontext()
+            if callbacks
+            else EpochPrinter(out / "checkpoints" / "train", epochs=plan.optim.get("epochs"))
+        )
         try:
-            result = trainer.fit()
+            with printer:
+                result = trainer.fit()
         except Exception as err:  # Ray wraps worker errors; show the cause in one line
             cause = err.__cause__ or err
             if isinstance(cause, RaymmiError):
