@@ -46,6 +46,6 @@ def test_demo_small(tmp_path, capsys):
     # every run finished, search trials that ASHA stopped early included (tagged as such)
     unfinished = [r.info.run_name for r in runs if r.info.status != "FINISHED"]
     assert len(runs) >= 4 and not unfinished, unfinished
-    assert any(r.info.run_name.startswith("train-sailerx") for r in runs)
+    assert any(r.info.run_name.startswith("train sailerx") for r in runs)
     assert any(r.info.run_name.startswith("task-predict") for r in runs)
     assert any(r.info.run_name.startswith("evaluate") for r in runs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import posixpath
 from collections.abc import Mapping
@@ -43,6 +44,18 @@ def _html_table(frame: pd.DataFrame, *, max_rows: int = 50) -> str:
     )
 
 
+def _img(staging: str, png: str) -> str:
+    """A figure inlined as a data URI: the page shows it anywhere, MLflow's artifact view too.
+
+    MLflow renders an HTML artifact without a base address, so relative ``src`` names find
+    nothing there; the PNG files stay beside the page as well.
+    """
+    with open(posixpath.join(staging, png), "rb") as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    name = html.escape(png)
+    return f"<img src='data:image/png;base64,{data}' alt='{name}' title='{name}'>"
+
+
 def _write_report(
     staging: str,
     summary: pd.DataFrame,
@@ -68,13 +81,13 @@ def _write_report(
         _html_table(legend),
     ]
     if "umap" in files:
-        parts += ["<h2>UMAP of sampled wells</h2>", f"<img src='{files['umap'][0]}'>"]
+        parts += ["<h2>UMAP of sampled wells</h2>", _img(staging, files["umap"][0])]
     for name, result in per_set.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
         for note in result["notes"]:
             parts.append(f"<p><b>Note:</b> {html.escape(note)}</p>")
         for png in files.get(name, []):
-            parts.append(f"<img src='{png}'>")
+            parts.append(_img(staging, png))
         for table_name, table in result["tables"].items():
             if table_name == "plate_correlation":
                 parts.append(

@@ -161,7 +161,7 @@ def train(
         "train",
         config=cfg,
         tracking=tracking,
-        run_name=run_name or f"train-{plan.model_name}",
+        run_name=run_name or f"train {plan.model_name} {Path(config.data).name}",
         tags=tags,
     ) as run:
         run.set_tags({"raymmi.model": plan.model_name, "raymmi.resumed": resumed})
