@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from raymmi.query import parse_query
 from raymmi.schema import RaymmiError
 
 T = TypeVar("T")
@@ -62,7 +63,7 @@ class IngestPlatesConfig:
     out
         Output shard-set directory.
     negcon
-        pandas query marking negative-control rows; default: ``Metadata_is_negcon`` if present.
+        query marking negative-control rows (:mod:`raymmi.query` grammar); default: ``Metadata_is_negcon`` if present.
     on_nan
         Non-finite feature values: ``fail`` (default), ``drop-rows`` or ``keep`` (as NaN).
     aggregate
@@ -88,6 +89,8 @@ class IngestPlatesConfig:
             raise RaymmiError(msg)
         if self.batch_rows is not None:
             check_positive("batch_rows", self.batch_rows)
+        if self.negcon is not None:
+            parse_query(self.negcon, what="--negcon query")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,9 @@ class IngestCellsConfig:
         Cells per read chunk and per output file.
     batch_key
         ``obs`` column holding the batch; missing → one batch named ``batch0``.
+    check_counts
+        Refuse negative, non-integer or NaN/inf values in any modality (they are not raw
+        counts), naming the layer they came from; ``false`` for deliberately non-count data.
     """
 
     rna: str
@@ -113,6 +119,7 @@ class IngestCellsConfig:
     chunk_size: int = 10_000
     batch_key: str = "batch"
     overwrite: bool = False
+    check_counts: bool = True
 
     def __post_init__(self) -> None:
         if self.atac is not None and self.adt is not None:
@@ -138,7 +145,7 @@ class NormalizeConfig:
         (every row of the plate), ``negcon-global`` (negative controls of all plates pooled),
         ``batch`` (every row of the plate's batch). ComBat always uses all rows per batch.
     negcon
-        pandas query re-defining the negative controls (default: the stored flag).
+        query re-defining the negative controls (:mod:`raymmi.query`) (default: the stored flag).
     batch_key
         Metadata column holding the batch (``batch`` reference, ComBat).
     epsilon
@@ -170,6 +177,8 @@ class NormalizeConfig:
         if self.epsilon < 0 or self.spherize_epsilon < 0:
             msg = f"epsilon={self.epsilon!r} and spherize_epsilon must be >= 0"
             raise RaymmiError(msg)
+        if self.negcon is not None:
+            parse_query(self.negcon, what="--negcon query")
 
 
 @dataclasses.dataclass(frozen=True)

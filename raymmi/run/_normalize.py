@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from raymmi.io._dest import claiming
 from raymmi import plates as P
 from raymmi.config import NormalizeConfig, RayConfig, TrackingConfig, to_dict
 from raymmi.io import ShardSet, ShardSetWriter, open_shard_set, resolve
@@ -219,6 +220,9 @@ def _run_two_passes(
     return infos, report, list(names)
 
 
+@claiming(
+    lambda config, **_: {"uri": config.out, "inputs": [config.source], "overwrite": config.overwrite}
+)
 def normalize(
     config: NormalizeConfig,
     *,

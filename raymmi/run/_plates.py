@@ -16,6 +16,7 @@ import raymmi
 from raymmi.config import IngestPlatesConfig, RayConfig, TrackingConfig, to_dict
 from raymmi.io import _cellprofiler as cp
 from raymmi.io import _plates as tables
+from raymmi.io._dest import claiming
 from raymmi.io._shardset import ShardSetWriter
 from raymmi.run._runtime import gather, init_ray
 from raymmi.schema import FileEntry, Manifest, RaymmiError
@@ -115,6 +116,13 @@ def _plan(
     return table_sources, cp_wells, metadata, features
 
 
+@claiming(
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": config.sources,
+        "overwrite": config.overwrite,
+    }
+)
 def ingest_plates(
     config: IngestPlatesConfig,
     *,
@@ -289,6 +297,7 @@ def _generate_plates(
     return summary
 
 
+@claiming(lambda spec, **kw: {"uri": kw["out"], "overwrite": kw.get("overwrite", False)})
 def generate_plates(
     spec: Any,
     *,

@@ -25,6 +25,7 @@ import ray
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from raymmi.io._dest import claiming
 from raymmi import cells
 from raymmi.cells import PreprocessCellsConfig
 from raymmi.config import RayConfig, TrackingConfig, to_dict
@@ -332,6 +333,13 @@ def _output_modalities(
     return out
 
 
+@claiming(
+    lambda config, **kw: {
+        "uri": kw["out"],
+        "inputs": [kw["source"]],
+        "overwrite": kw.get("overwrite", False),
+    }
+)
 def preprocess_cells(
     config: PreprocessCellsConfig,
     *,
