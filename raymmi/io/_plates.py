@@ -390,6 +390,8 @@ class PlateSplitter:
 
     def write(self, table: pa.Table) -> None:
         """Append the rows of ``table`` to their plates' parts (one sort, no per-plate scan)."""
+        if table.num_rows == 0:  # e.g. every row of a batch dropped by --on-nan drop-rows
+            return
         order = pc.sort_indices(table, sort_keys=[(PLATE, "ascending")])
         table = table.take(order)
         plates = table.column(PLATE).to_numpy(zero_copy_only=False)

@@ -42,7 +42,7 @@ def _ingest_chunk(
             _check_counts(
                 batch.modalities[mod.name],
                 name=mod.name,
-                source=f"{mod.group.rstrip('/')}/{mod.matrix} of {mod.path}",
+                source=f"{mod.group.rstrip('/')}/{mod.matrix} of {mod.path}".lstrip("/"),
                 where=f"cells {start}..{stop - 1}",
             )
     table = cell_batch_to_arrow(batch)

@@ -71,6 +71,13 @@ def _check(summaries: Sequence[tables.SourceSummary], config: IngestPlatesConfig
             f"{sum(nonfinite.values())} NaN/inf feature values in {len(nonfinite)} column(s) "
             f"({worst}); pass --on-nan drop-rows to drop those rows or --on-nan keep to store NaN"
         )
+    kept = sum(sum(s.rows_per_plate.values()) for s in summaries)
+    if kept == 0 and config.on_nan == "drop-rows" and nonfinite:
+        every = [k for k, _ in nonfinite.most_common(5)]
+        problems.append(
+            f"--on-nan drop-rows dropped every row: NaN/inf in every row (most in {every}); "
+            "drop the empty feature column(s) from the source, or pass --on-nan keep"
+        )
     if config.negcon is not None:
         rows: Counter[str] = Counter()
         negcon: Counter[str] = Counter()

@@ -43,7 +43,7 @@ from raymmi.plates._select import (
     samples_mask,
 )
 from raymmi.run._plates import producer
-from raymmi.run._runtime import gather, init_ray
+from raymmi.run._runtime import cancel, gather, init_ray
 from raymmi.schema import FileEntry, Manifest, RaymmiError
 from raymmi.track import tracked_run
 
@@ -222,12 +222,10 @@ def _statistics(source: ShardSet, config: SelectConfig) -> tuple[FeatureStats, V
     try:
         stats = _reduce(stat_refs, desc="select: statistics")
     except BaseException:
-        for ref in count_refs:
-            ray.cancel(ref, force=True)
+        cancel(count_refs)
         raise
     if stats.n_rows == 0:
-        for ref in count_refs:
-            ray.cancel(ref, force=True)
+        cancel(count_refs)
         msg = f"samples={config.samples!r} chooses no row of {config.source!r}; fix the query"
         raise RaymmiError(msg)
     if not count_refs:
@@ -287,8 +285,7 @@ def _reduce(refs: Sequence[ray.ObjectRef], *, desc: str) -> FeatureStats:
             try:
                 part = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
-                for ref in pending:
-                    ray.cancel(ref, force=True)
+                cancel(pending)
                 cause = err.cause if isinstance(err.cause, BaseException) else err
                 raise cause from None
             merged = part if merged is None else merged.merge(part)
