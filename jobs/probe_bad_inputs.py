@@ -437,8 +437,9 @@ def main() -> int:
     crash = w / "crashed"
     shutil.copytree(set_a, w / f".crashed.old-aaaaaaaaaaaa")
     shutil.copytree(set_a, w / f".crashed.tmp-bbbbbbbbbbbb")
-    probe.case("leftovers of a crash between the two renames: finished (exit 2 on exists)",
-               ["ingest", "plates", str(good), "--out", str(crash), *nt], None,
+    probe.case("leftovers of a crash between the two renames: finished (exit 0)",
+               ["ingest", "plates", str(good), "--out", str(crash), "--overwrite", *nt], None,
+               expect=0,
                check=lambda: None if (crash / "_manifest.json").exists()
                and not list(w.glob(".crashed.*")) else "not recovered")
 

@@ -497,3 +497,21 @@ def test_pure_checks_come_before_ray(tmp_path, capsys, no_ray):
     for argv, text in cases:
         code, line = _cli(capsys, argv)
         assert code == 2 and text in line, (argv, line)
+
+
+# ----------------------------------------------------------------------------------------------
+# defect 11: a local Ray listens on loopback only
+# ----------------------------------------------------------------------------------------------
+
+
+def test_local_ray_listens_on_loopback_only(ray_session):
+    from raymmi.testing._procs import descendants, listening_sockets
+
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc")
+    ray_session.get(ray_session.remote(lambda: 1).remote())  # a worker is up
+    listening = listening_sockets([os.getpid(), *descendants(os.getpid())])
+    names = {name for _, name, _ in listening}
+    assert {"gcs_server", "raylet"} <= names, listening
+    exposed = [x for x in listening if not x[2].startswith(("127.0.0.1:", "::1:"))]
+    assert not exposed, exposed
