@@ -37,8 +37,19 @@ def parts(out: Path) -> dict[str, str]:
 
 
 def normalize(src: Path, out: Path, *extra: str) -> list[str]:
-    return [*RAYMMI, "normalize", str(src), "--out", str(out), "--no-track", "--num-cpus", "2",
-            "--object-store-mb", "256", *extra]
+    return [
+        *RAYMMI,
+        "normalize",
+        str(src),
+        "--out",
+        str(out),
+        "--no-track",
+        "--num-cpus",
+        "2",
+        "--object-store-mb",
+        "256",
+        *extra,
+    ]
 
 
 def run(argv: list[str]) -> tuple[int, str]:
@@ -68,9 +79,24 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     src = work / "plates"
     if not (src / "_manifest.json").exists():
-        code, msg = run([*RAYMMI, "generate", "plates", "--out", str(src), "--plates",
-                         str(args.plates), "--features", str(args.features), "--no-track",
-                         "--num-cpus", "2", "--object-store-mb", "256"])
+        code, msg = run(
+            [
+                *RAYMMI,
+                "generate",
+                "plates",
+                "--out",
+                str(src),
+                "--plates",
+                str(args.plates),
+                "--features",
+                str(args.features),
+                "--no-track",
+                "--num-cpus",
+                "2",
+                "--object-store-mb",
+                "256",
+            ]
+        )
         assert code == 0, msg
     rows = []
 
@@ -80,8 +106,9 @@ def main() -> int:
         code, msg = run(normalize(src, ref))
         assert code == 0, msg
     killed_out = work / "killed_worker"
-    driver = subprocess.Popen(normalize(src, killed_out, "--overwrite"), stderr=subprocess.PIPE,
-                              text=True)
+    driver = subprocess.Popen(
+        normalize(src, killed_out, "--overwrite"), stderr=subprocess.PIPE, text=True
+    )
     victim = None
     deadline = time.time() + 600
     while victim is None and driver.poll() is None and time.time() < deadline:
@@ -90,21 +117,25 @@ def main() -> int:
             victim = busy[0]
             os.kill(victim[0], signal.SIGKILL)
         time.sleep(0.05)
-    _, err = driver.communicate(timeout=900)
+    driver.communicate(timeout=900)
     same = driver.returncode == 0 and parts(killed_out) == parts(ref)
-    rows.append(("killed Ray worker mid-normalize",
-                 f"killed pid {victim[0] if victim else None} ({victim[1][:40] if victim else '-'})",
-                 f"exit {driver.returncode}; part files byte-identical to an undisturbed run: "
-                 f"{same}"))
+    rows.append(
+        (
+            "killed Ray worker mid-normalize",
+            f"killed pid {victim[0] if victim else None} ({victim[1][:40] if victim else '-'})",
+            f"exit {driver.returncode}; part files byte-identical to an undisturbed run: {same}",
+        )
+    )
 
-    # 2. killed driver -----------------------------------------------------------------------------
+    # 2. killed driver ---------------------------------------------------------------------------
     target = work / "killed_driver"
     if not (target / "_manifest.json").exists():
         code, msg = run(normalize(src, target))
         assert code == 0, msg
     before = parts(target)
-    driver = subprocess.Popen(normalize(src, target, "--overwrite", "--method", "robustize"),
-                              stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        normalize(src, target, "--overwrite", "--method", "robustize"), stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     while time.time() < deadline and driver.poll() is None:
         staged = list(work.glob(".killed_driver.tmp-*"))
@@ -122,25 +153,43 @@ def main() -> int:
     driver.wait()
     leftovers = sorted(p.name for p in work.iterdir() if p.name.startswith(".killed_driver."))
     intact = parts(target) == before
-    done = subprocess.run(normalize(src, target, "--overwrite", "--method", "robustize"),
-                          capture_output=True, text=True, timeout=900)
-    notes = [ln.removeprefix("raymmi: note: ") for ln in done.stderr.splitlines()
-             if ln.startswith("raymmi: note:")]
+    done = subprocess.run(
+        normalize(src, target, "--overwrite", "--method", "robustize"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    notes = [
+        ln.removeprefix("raymmi: note: ")
+        for ln in done.stderr.splitlines()
+        if ln.startswith("raymmi: note:")
+    ]
     after = sorted(p.name for p in work.iterdir() if p.name.startswith(".killed_driver."))
-    rows.append(("killed driver during an --overwrite run",
-                 f"left {leftovers}; old output intact: {intact}",
-                 f"next run exit {done.returncode}, said: {' / '.join(notes)}; "
-                 f"leftovers after: {after or 'none'}"))
+    rows.append(
+        (
+            "killed driver during an --overwrite run",
+            f"left {leftovers}; old output intact: {intact}",
+            f"next run exit {done.returncode}, said: {' / '.join(notes)}; "
+            f"leftovers after: {after or 'none'}",
+        )
+    )
 
-    # 3. two writers --------------------------------------------------------------------------------
+    # 3. two writers -----------------------------------------------------------------------------
     both = work / "two_writers"
-    procs = [subprocess.Popen(normalize(src, both, "--overwrite"), stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(normalize(src, both, "--overwrite"), stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=900)[1] for p in procs]
     codes = [p.returncode for p in procs]
     refused = [o.strip().splitlines()[-1] for o, c in zip(outs, codes, strict=True) if c == 2]
-    rows.append(("two writers to one --out", f"exit codes {codes}",
-                 refused[0][:200] if refused else "none refused"))
+    rows.append(
+        (
+            "two writers to one --out",
+            f"exit codes {codes}",
+            refused[0][:200] if refused else "none refused",
+        )
+    )
 
     for name, what, result in rows:
         print(f"| {name} | {what} | {result} |")

@@ -85,7 +85,8 @@ class IngestPlatesConfig:
     out
         Output shard-set directory.
     negcon
-        query marking negative-control rows (:mod:`raymmi.query` grammar); default: ``Metadata_is_negcon`` if present.
+        Query marking negative-control rows (:mod:`raymmi.query` grammar, never run as
+        code); default: ``Metadata_is_negcon`` if present.
     on_nan
         Non-finite feature values: ``fail`` (default), ``drop-rows`` or ``keep`` (as NaN).
     aggregate

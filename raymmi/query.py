@@ -39,7 +39,7 @@ __all__ = ["ALLOWED_FORMS", "Query", "evaluate_query", "parse_query"]
 #: Shown in every refusal.
 ALLOWED_FORMS = (
     "allowed: column names, string/number/True/False literals, comparisons (== != < <= > >=), "
-    "and/or/not or & | ~, `COL in [\"a\", \"b\"]`, `COL.isin([...])`, + - * / %, parentheses; "
+    'and/or/not or & | ~, `COL in ["a", "b"]`, `COL.isin([...])`, + - * / %, parentheses; '
     "e.g. \"Metadata_pert_type == 'control'\" or \"Metadata_Plate in ['P1', 'P2'] & "
     'Metadata_is_negcon"'
 )

@@ -129,7 +129,7 @@ def test_exploit_queries_are_refused_and_run_nothing(query, tmp_path):
     ],
 )
 def test_forms_outside_the_grammar_are_refused(query):
-    with pytest.raises(RaymmiError, match="not allowed|does not parse"):
+    with pytest.raises(RaymmiError, match=r"not allowed|does not parse"):
         parse_query(query)
 
 
@@ -173,7 +173,8 @@ def test_cli_refuses_exploit_before_ray(tmp_path, capsys, no_ray):
     _frame().to_parquet(good)
     for query in EXPLOITS:
         code, line = _cli(
-            capsys, ["ingest", "plates", str(good), "--out", str(tmp_path / "z"), "--negcon", query]
+            capsys,
+            ["ingest", "plates", str(good), "--out", str(tmp_path / "z"), "--negcon", query],
         )
         assert code == 2 and "allowed:" in line, line
     code, line = _cli(
@@ -206,12 +207,34 @@ def test_train_and_task_refuse_out_equal_to_data_and_keep_it(tmp_path, capsys, n
     before = _tree(data)
     code, line = _cli(
         capsys,
-        ["train", "umint", "--data", str(data), "--out", str(data), "--overwrite", "--workers", "64"],
+        [
+            "train",
+            "umint",
+            "--data",
+            str(data),
+            "--out",
+            str(data),
+            "--overwrite",
+            "--workers",
+            "64",
+        ],
     )
     assert code == 2 and "is the input" in line
     code, line = _cli(
-        capsys, ["task", "predict", "--data", str(data), "--out", str(data), "--overwrite",
-             "--train-batches", "b0", "--test-batches", "b1"]
+        capsys,
+        [
+            "task",
+            "predict",
+            "--data",
+            str(data),
+            "--out",
+            str(data),
+            "--overwrite",
+            "--train-batches",
+            "b0",
+            "--test-batches",
+            "b1",
+        ],
     )
     assert code == 2 and "is the input" in line
     assert _tree(data) == before
@@ -290,7 +313,11 @@ def test_two_writers_in_one_process_tree_one_refused(tmp_path):
         first.wait()
     # the holder died without releasing: its lock and staging folder are taken over / removed
     with ShardSetWriter(str(target)) as writer:
-        assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name and p.name != Path(writer.staging).name]
+        assert not [
+            p
+            for p in tmp_path.iterdir()
+            if ".tmp-" in p.name and p.name != Path(writer.staging).name
+        ]
         writer.commit(Manifest(kind="plates", files=(), metadata=("Metadata_Plate",)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -367,10 +394,12 @@ def test_damaged_parts_are_named_with_the_verify_hint(tmp_path):
     flipped = bytearray(good)
     flipped[len(good) // 3] ^= 0xFF
     part.write_bytes(bytes(flipped))
-    with pytest.raises(RaymmiError, match=r"part-0.parquet is damaged \(its checksum.*inspect --verify"):
+    with pytest.raises(
+        RaymmiError, match=r"part-0.parquet is damaged \(its checksum.*inspect --verify"
+    ):
         open_part(str(shard), entry)
     part.write_bytes(good[: len(good) // 2])
-    with pytest.raises(RaymmiError, match="is damaged .*bytes, the manifest says"):
+    with pytest.raises(RaymmiError, match=r"is damaged .*bytes, the manifest says"):
         open_part(str(shard), entry)
 
 
@@ -385,7 +414,7 @@ def test_row_count_and_missing_columns_are_checked_from_the_footer(tmp_path):
     wrong = dataclasses.replace(entry, rows=entry.rows + 1)
     with pytest.raises(RaymmiError, match="8 rows in its footer, the manifest says 9"):
         open_part(str(shard), wrong)
-    with pytest.raises(RaymmiError, match="lacks column.*Cells_Missing"):
+    with pytest.raises(RaymmiError, match=r"lacks column.*Cells_Missing"):
         read_part(str(shard), entry, require=("Cells_F0", "Cells_Missing"))
 
 
@@ -436,13 +465,17 @@ def test_modalities_are_paired_by_id(tmp_path):
     x = np.arange(24, dtype=np.float32).reshape(6, 4)
     ids = [f"c{i}" for i in range(6)]
     rna = h5.open_modality(_h5ad(tmp_path / "rna.h5ad", x, ids), name="rna")
-    adt = h5.open_modality(_h5ad(tmp_path / "adt.h5ad", x[::-1], ids[::-1], dense=True), name="adt")
+    adt = h5.open_modality(
+        _h5ad(tmp_path / "adt.h5ad", x[::-1], ids[::-1], dense=True), name="adt"
+    )
     positions = [None, h5.align(h5.read_cell_ids(rna), h5.read_cell_ids(adt), names=("r", "a"))]
     batch = h5.read_cell_chunk([rna, adt], 0, 6, positions=positions, batch_key="batch")
     np.testing.assert_array_equal(batch.modalities["adt"], x)  # row i of ADT is cell c{i}
 
 
-@pytest.mark.parametrize(("value", "what"), [(-3.0, "1 negative"), (0.5, "0 negative, 1 non-integer")])
+@pytest.mark.parametrize(
+    ("value", "what"), [(-3.0, "1 negative"), (0.5, "0 negative, 1 non-integer")]
+)
 def test_impossible_counts_are_refused_at_ingest_naming_the_layer(tmp_path, value, what):
     from raymmi.io import _cells as h5
     from raymmi.run._cells import _ingest_chunk
@@ -450,7 +483,9 @@ def test_impossible_counts_are_refused_at_ingest_naming_the_layer(tmp_path, valu
     x = np.ones((5, 3), dtype=np.float32)
     x[2, 1] = value
     rna = h5.open_modality(_h5ad(tmp_path / "rna.h5ad", x, list("abcde")), name="rna")
-    with pytest.raises(RaymmiError, match=rf"read from X of .*rna.h5ad\) are not raw counts: .*{what}"):
+    with pytest.raises(
+        RaymmiError, match=rf"read from X of .*rna.h5ad\) are not raw counts: .*{what}"
+    ):
         _ingest_chunk._function([rna], [None], 0, 5, str(tmp_path / "st"), 0, "batch", True)
 
 
@@ -473,12 +508,15 @@ def test_unreachable_address_fails_in_seconds(tmp_path, capsys, no_ray):
 
 
 @pytest.mark.parametrize(
-    ("flag", "value", "text"), [("--num-cpus", "0", "--num-cpus 0"), ("--object-store-mb", "1", "80 MiB")]
+    ("flag", "value", "text"),
+    [("--num-cpus", "0", "--num-cpus 0"), ("--object-store-mb", "1", "80 MiB")],
 )
 def test_impossible_ray_settings_fail_at_once(tmp_path, capsys, no_ray, flag, value, text):
     good = tmp_path / "good.parquet"
     _frame().to_parquet(good)
-    code, line = _cli(capsys, ["ingest", "plates", str(good), "--out", str(tmp_path / "o"), flag, value])
+    code, line = _cli(
+        capsys, ["ingest", "plates", str(good), "--out", str(tmp_path / "o"), flag, value]
+    )
     assert code == 2 and text in line
 
 
@@ -489,7 +527,10 @@ def test_pure_checks_come_before_ray(tmp_path, capsys, no_ray):
         (["normalize", str(src), "--out", str(exists)], "already exists"),
         (["normalize", str(src), "--out", str(src), "--overwrite"], "is the input"),
         (["normalize", str(src), "--out", str(src / "n")], "is inside the input"),
-        (["normalize", str(src), "--out", str(tmp_path / "n"), "--negcon", "a =="], "does not parse"),
+        (
+            ["normalize", str(src), "--out", str(tmp_path / "n"), "--negcon", "a =="],
+            "does not parse",
+        ),
         (["select", str(src), "--out", str(tmp_path / "s"), "--samples", "x.y"], "not allowed"),
         (["export", str(src), "--out", str(src), "--overwrite"], "is the input"),
         (["preprocess", "cells", str(src), "--out", str(src / "p")], "is inside the input"),

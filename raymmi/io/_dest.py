@@ -139,9 +139,8 @@ def _note(text: str) -> None:
 
 
 def _holder_text(holder: dict) -> str:
-    return (
-        f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
-        + (f", {holder['command']}" if holder.get("command") else "")
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}" + (
+        f", {holder['command']}" if holder.get("command") else ""
     )
 
 
@@ -377,7 +376,12 @@ def claim_output(
         _remove_empty(created)
         raise
     claim = Claim(
-        uri=uri, path=path, overwrite=overwrite, kind=kind, marker=marker, holder=holder,
+        uri=uri,
+        path=path,
+        overwrite=overwrite,
+        kind=kind,
+        marker=marker,
+        holder=holder,
         recovered=[],
     )
     _CLAIMS[key] = claim

@@ -330,7 +330,8 @@ def open_part(
         raise damaged(uri, entry.path, f"not a readable Parquet file: {err}") from err
     rows = reader.metadata.num_rows
     if rows != entry.rows:
-        raise damaged(uri, entry.path, f"{rows} rows in its footer, the manifest says {entry.rows}")
+        problem = f"{rows} rows in its footer, the manifest says {entry.rows}"
+        raise damaged(uri, entry.path, problem)
     wanted = [*(columns or ()), *require]
     if wanted:
         present = set(reader.schema_arrow.names)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from raymmi.io._dest import claiming
 from raymmi.config import ExportConfig, TrackingConfig, to_dict
 from raymmi.io import export_cells, export_plates, open_shard_set
+from raymmi.io._dest import claiming
 from raymmi.io._export import export_format
 from raymmi.track import tracked_run
 

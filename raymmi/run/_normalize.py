@@ -38,10 +38,10 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from raymmi.io._dest import claiming
 from raymmi import plates as P
 from raymmi.config import NormalizeConfig, RayConfig, TrackingConfig, to_dict
 from raymmi.io import ShardSet, ShardSetWriter, open_shard_set, resolve
+from raymmi.io._dest import claiming
 from raymmi.io._shardset import open_part
 from raymmi.run._normalize_plate import PlateGroup, _merge, _output_schema, _PlateInfo, _Scope
 from raymmi.run._normalize_tasks import (
@@ -221,7 +221,11 @@ def _run_two_passes(
 
 
 @claiming(
-    lambda config, **_: {"uri": config.out, "inputs": [config.source], "overwrite": config.overwrite}
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": [config.source],
+        "overwrite": config.overwrite,
+    }
 )
 def normalize(
     config: NormalizeConfig,

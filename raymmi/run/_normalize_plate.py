@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raymmi.config import NormalizeConfig
 from raymmi.io import ShardSet, resolve

@@ -25,10 +25,10 @@ import ray
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from raymmi.io._dest import claiming
 from raymmi import cells
 from raymmi.cells import PreprocessCellsConfig
 from raymmi.config import RayConfig, TrackingConfig, to_dict
+from raymmi.io._dest import claiming
 from raymmi.io._shardset import PartWriter, ShardSet, ShardSetWriter, open_shard_set, resolve
 from raymmi.run._plates import producer
 from raymmi.run._runtime import cancel, gather, init_ray

@@ -21,9 +21,9 @@ import pyarrow as pa
 import ray
 from tqdm.auto import tqdm
 
-from raymmi.io._dest import claiming
 from raymmi.config import RayConfig, TrackingConfig, to_dict
 from raymmi.io._blocklist import read_blocklist
+from raymmi.io._dest import claiming
 from raymmi.io._shardset import (
     PartWriter,
     ShardSet,
@@ -57,7 +57,11 @@ _GROUPS_PER_CPU = 2
 
 
 @claiming(
-    lambda config, **_: {"uri": config.out, "inputs": [config.source], "overwrite": config.overwrite}
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": [config.source],
+        "overwrite": config.overwrite,
+    }
 )
 def select_features(
     config: SelectConfig,
