@@ -432,6 +432,23 @@ def test_truncated_part_with_matching_checksum_is_one_line(tmp_path):
         open_part(str(shard), forged)
 
 
+def test_drop_rows_of_every_row_is_one_line(tmp_path):
+    from raymmi.config import IngestPlatesConfig
+    from raymmi.io._plates import PlateSplitter, SourceSummary
+    from raymmi.run._plates import _check
+
+    table = pa.Table.from_pandas(_frame(), preserve_index=False)
+    splitter = PlateSplitter(str(tmp_path), table.schema, part_name="p", keys=["Metadata_Plate"])
+    splitter.write(table.slice(0, 0))  # a batch whose every row was dropped
+    assert splitter.close() == []
+    summary = SourceSummary(source="s.parquet")
+    summary.nonfinite_per_column["Cells_F2"] = 16
+    summary.rows_dropped = 16
+    config = IngestPlatesConfig(sources=("s.parquet",), out="o", on_nan="drop-rows")
+    (problem,) = _check([summary], config)
+    assert "dropped every row" in problem and "Cells_F2" in problem
+
+
 # ----------------------------------------------------------------------------------------------
 # defects 3, 10: cell ids and counts
 # ----------------------------------------------------------------------------------------------
