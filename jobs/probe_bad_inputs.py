@@ -323,7 +323,21 @@ def main() -> int:
         w / "o_c",
     )
 
-    # -- ingest plates (Ray starts at the first valid one) ---------------------------------------
+    # -- ingest plates (Ray starts here, retried: on a loaded machine Ray's 30 s wait for its
+    # raylet can run out) -------------------------------------------------------------------------
+    import ray
+
+    from raymmi.config import RayConfig
+    from raymmi.run import init_ray
+
+    for attempt in range(3):
+        try:
+            init_ray(RayConfig(num_cpus=2, object_store_mb=512))
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     set_a = w / "set_a"
     code, msg, _ = run_cli(["ingest", "plates", str(good), "--out", str(set_a), *nt])
     assert code == 0, msg
@@ -875,7 +889,12 @@ def main() -> int:
     table.index = range(1, len(table) + 1)
     with pd.option_context("display.max_colwidth", 200, "display.width", 250):
         if args.markdown:
-            print(table.to_markdown())
+            cols = ["case", "exit", "destination", "ok", "message"]
+            print("| # | " + " | ".join(cols) + " |")
+            print("|---" * (len(cols) + 1) + "|")
+            for i, row in table.iterrows():
+                cells = [str(row[c]).replace("|", "\\|") for c in cols]
+                print(f"| {i} | " + " | ".join(cells) + " |")
         else:
             print(table.to_string())
     failed = table[table["ok"] != "ok"]
