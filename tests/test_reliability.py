@@ -468,11 +468,15 @@ def test_repeated_cell_ids_are_refused_before_ray(tmp_path, capsys, no_ray):
     x = np.arange(24, dtype=np.float32).reshape(6, 4)
     ids = ["a", "b", "c", "a", "b", "c"]
     rna = _h5ad(tmp_path / "rna.h5ad", x, ids)
-    adt = _h5ad(tmp_path / "adt.h5ad", x[::-1], ids[::-1], dense=True)
-    code, line = _cli(
-        capsys, ["ingest", "cells", "--rna", rna, "--adt", adt, "--out", str(tmp_path / "o")]
-    )
-    assert code == 2 and "repeated cell ids" in line and "obs_names_make_unique" in line
+    # the same order in both files: before, equal id lists skipped the uniqueness check
+    for name, rows, order in (("same", x, ids), ("reversed", x[::-1], ids[::-1])):
+        adt = _h5ad(tmp_path / f"adt_{name}.h5ad", rows, order, dense=True)
+        code, line = _cli(
+            capsys, ["ingest", "cells", "--rna", rna, "--adt", adt, "--out", str(tmp_path / "o")]
+        )
+        assert code == 2 and "repeated cell ids" in line and "obs_names_make_unique" in line
+    code, line = _cli(capsys, ["ingest", "cells", "--rna", rna, "--out", str(tmp_path / "o")])
+    assert code == 2 and "repeated cell ids" in line  # one modality alone too
     assert not (tmp_path / "o").exists()
 
 
@@ -573,3 +577,46 @@ def test_local_ray_listens_on_loopback_only(ray_session):
     assert {"gcs_server", "raylet"} <= names, listening
     exposed = [x for x in listening if not x[2].startswith(("127.0.0.1:", "::1:"))]
     assert not exposed, exposed
+
+
+@pytest.mark.slow
+def test_train_overwrite_stages_then_swaps(ray_session, tmp_path):
+    """A real Ray Train run with --overwrite onto an old folder: staged, then swapped in."""
+    import dataclasses
+
+    from raymmi import testing
+    from raymmi.cells import PreprocessCellsConfig
+    from raymmi.config import OptimConfig, TrackingConfig, TrainConfig, from_dict
+    from raymmi.run import generate_cells, preprocess_cells, train
+
+    off = TrackingConfig(enabled=False)
+    spec = testing.CellSetSpec(n_cells=300, n_genes=200, n_peaks=300, chunk_size=300, seed=1)
+    generate_cells(spec, out=str(tmp_path / "raw"), tracking=off)
+    pre = from_dict(PreprocessCellsConfig, {"rna": {"pca": {"n_comps": 5}}})
+    preprocess_cells(pre, source=str(tmp_path / "raw"), out=str(tmp_path / "pre"), tracking=off)
+    data = tmp_path / "pre"
+    before = _tree(data)
+    out = tmp_path / "runs" / "ae"
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("previous run")
+    model = {"modalities": ["rna_hvg"], "hidden": [16], "bottleneck": 4}
+    with pytest.raises(RaymmiError, match="is the input"):  # before: the input was deleted
+        train(TrainConfig("ae", data=str(data), out=str(data), model=model, overwrite=True))
+    with pytest.raises(RaymmiError, match="64"):  # before: the old output was deleted first
+        wide = TrainConfig("ae", data=str(data), out=str(out), model=model, workers=64)
+        train(dataclasses.replace(wide, overwrite=True), tracking=off)
+    assert _tree(data) == before and (out / "keep.txt").exists()
+    config = TrainConfig(
+        model_name="ae",
+        data=str(tmp_path / "pre"),
+        out=str(out),
+        model=model,
+        optim=OptimConfig(epochs=1, batch_size=64),
+        workers=1,
+        overwrite=True,
+    )
+    train(config, tracking=off)
+    assert not (out / "keep.txt").exists()
+    assert (out / "metrics.json").exists()
+    assert open_shard_set(str(out / "embeddings")).manifest.num_rows == 300
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ae"]  # no staging, no lock
