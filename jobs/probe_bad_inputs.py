@@ -162,7 +162,9 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def h5ad(path: Path, x: np.ndarray, ids: list[str], *, dense: bool = False) -> Path:
+def h5ad(
+    path: Path, x: np.ndarray, ids: list[str], *, dense: bool = False, counts: bool = False
+) -> Path:
     import anndata as ad
     import scipy.sparse as sp
 
@@ -171,6 +173,8 @@ def h5ad(path: Path, x: np.ndarray, ids: list[str], *, dense: bool = False) -> P
     adata = ad.AnnData(
         X=x.astype(np.float32) if dense else sp.csr_matrix(x, dtype=np.float32), obs=obs, var=var
     )
+    if counts:
+        adata.layers["counts"] = adata.X.copy()
     adata.write_h5ad(path)
     return path
 
@@ -698,7 +702,7 @@ def main() -> int:
     uniq = [f"c{i}" for i in range(20)]
     neg = counts.copy()
     neg[0, 0] = -3
-    h5ad(w / "rna_neg.h5ad", neg, uniq)
+    h5ad(w / "rna_neg.h5ad", neg, uniq, counts=True)
     probe.case(
         "ingest cells: negative counts",
         ["ingest", "cells", "--rna", str(w / "rna_neg.h5ad"), "--out", str(w / "c2"), *nt],
@@ -706,7 +710,7 @@ def main() -> int:
     )
     frac = counts.copy()
     frac[1, 1] = 0.5
-    h5ad(w / "rna_frac.h5ad", frac, uniq)
+    h5ad(w / "rna_frac.h5ad", frac, uniq, counts=True)
     probe.case(
         "ingest cells: fractional counts",
         ["ingest", "cells", "--rna", str(w / "rna_frac.h5ad"), "--out", str(w / "c3"), *nt],

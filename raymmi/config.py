@@ -131,8 +131,8 @@ class IngestCellsConfig:
     batch_key
         ``obs`` column holding the batch; missing → one batch named ``batch0``.
     check_counts
-        Refuse negative, non-integer or NaN/inf values in any modality (they are not raw
-        counts), naming the layer they came from; ``false`` for deliberately non-count data.
+        Refuse negative, non-integer or NaN/inf values read from a ``layers["counts"]``
+        (they are not raw counts), naming the layer and file; ``false`` to store them anyway.
     """
 
     rna: str

@@ -454,13 +454,17 @@ def test_drop_rows_of_every_row_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-def _h5ad(path, x, ids, dense=False):
+def _h5ad(path, x, ids, dense=False, counts=False):
     import anndata as ad
     import scipy.sparse as sp
 
     obs = pd.DataFrame({"batch": ["b0"] * len(ids)}, index=pd.Index(ids))
     var = pd.DataFrame(index=[f"g{j}" for j in range(x.shape[1])])
-    ad.AnnData(X=x if dense else sp.csr_matrix(x), obs=obs, var=var).write_h5ad(path)
+    matrix = x if dense else sp.csr_matrix(x)
+    adata = ad.AnnData(X=matrix, obs=obs, var=var)
+    if counts:
+        adata.layers["counts"] = matrix.copy()
+    adata.write_h5ad(path)
     return str(path)
 
 
@@ -503,11 +507,15 @@ def test_impossible_counts_are_refused_at_ingest_naming_the_layer(tmp_path, valu
 
     x = np.ones((5, 3), dtype=np.float32)
     x[2, 1] = value
-    rna = h5.open_modality(_h5ad(tmp_path / "rna.h5ad", x, list("abcde")), name="rna")
-    with pytest.raises(
-        RaymmiError, match=rf"read from X of .*rna.h5ad\) are not raw counts: .*{what}"
-    ):
+    path = _h5ad(tmp_path / "rna.h5ad", x, list("abcde"), counts=True)
+    rna = h5.open_modality(path, name="rna")
+    pattern = rf"read from layers/counts of .*rna.h5ad\) are not raw counts: .*{what}"
+    with pytest.raises(RaymmiError, match=pattern):
         _ingest_chunk._function([rna], [None], 0, 5, str(tmp_path / "st"), 0, "batch", True)
+    with pytest.warns(UserWarning, match="storing X"):  # a bare X may be normalized: kept
+        bare = h5.open_modality(_h5ad(tmp_path / "x.h5ad", x, list("abcde")), name="rna")
+    entry, _ = _ingest_chunk._function([bare], [None], 0, 5, str(tmp_path), 0, "batch", True)
+    assert entry.rows == 5
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,9 @@ def _ingest_chunk(
 ) -> tuple[FileEntry, list[str]]:
     batch = h5.read_cell_chunk(mods, start, stop, positions=positions, batch_key=batch_key)
     if check_counts:  # impossible counts are refused here, naming the layer, not at preprocess
-        for mod in mods:
+        # only a counts layer must hold counts; a bare X (stored with a warning) may be
+        # normalized on purpose, and preprocess checks it where counts are needed
+        for mod in (m for m in mods if m.matrix == "layers/counts"):
             _check_counts(
                 batch.modalities[mod.name],
                 name=mod.name,
