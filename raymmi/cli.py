@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     plates = ingest_sub.add_parser("plates", help="profile tables or CellProfiler folders")
     plates.add_argument("sources", nargs="*", help="CSV/CSV.gz/Parquet files or site folders")
     plates.add_argument("--out", help="output shard set")
-    plates.add_argument("--negcon", help="pandas query marking negative controls")
+    plates.add_argument(
+        "--negcon", help="query marking negative controls (\"Metadata_pert_type == 'control'\")"
+    )
     plates.add_argument("--on-nan", choices=["fail", "drop-rows", "keep"], help="NaN/inf policy")
     plates.add_argument("--aggregate", choices=["median", "mean"], help="cells to wells")
     plates.add_argument("--batch-rows", type=int, help="rows per streamed batch")
@@ -240,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["standardize", "robustize", "mad_robustize", "mean", "spherize", "combat"],
     )
     norm.add_argument("--reference", choices=["negcon", "all", "negcon-global", "batch"])
-    norm.add_argument("--negcon", help="pandas query re-defining negative controls")
+    norm.add_argument(
+        "--negcon", help="query re-defining negative controls (columns, literals, comparisons)"
+    )
     norm.add_argument("--batch-key", help="batch column (default Metadata_Batch)")
     norm.add_argument("--epsilon", type=float, help="added to the spread")
     norm.add_argument("--spherize-method", choices=["ZCA", "ZCA-cor", "PCA", "PCA-cor"])
@@ -333,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--corr-method", help="pearson")
     sel.add_argument("--outlier-cutoff", type=float, help="max |value| (500)")
     sel.add_argument("--blocklist", help="file of feature names (default: pycytominer's)")
-    sel.add_argument("--samples", help="'all' or a pandas query choosing the rows")
+    sel.add_argument("--samples", help="'all' or a query choosing the rows (never run as code)")
     sel.add_argument("--frequency-task-mb", type=int, help="memory of one counting task")
     _common(sel)
 

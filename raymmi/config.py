@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from raymmi.query import parse_query
 from raymmi.schema import RaymmiError
 
 T = TypeVar("T")
@@ -41,6 +42,28 @@ class RayConfig:
     num_cpus: int | None = None
     object_store_mb: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and (
+            isinstance(self.num_cpus, bool) or not isinstance(self.num_cpus, int)
+            or self.num_cpus < 1
+        ):
+            msg = (
+                f"--num-cpus {self.num_cpus!r}: a local Ray needs at least 1 CPU to run any "
+                "task; give --num-cpus 1 or more, or leave it out to use every core"
+            )
+            raise RaymmiError(msg)
+        if self.object_store_mb is not None and (
+            not isinstance(self.object_store_mb, int) or self.object_store_mb < 80
+        ):
+            msg = (
+                f"--object-store-mb {self.object_store_mb!r}: Ray's object store needs at least "
+                "80 MiB (75 MiB is Ray's floor); give more, or leave it out (25% of memory)"
+            )
+            raise RaymmiError(msg)
+        if self.address is not None and not str(self.address).strip():
+            msg = "--address is empty; give the head's host:port, or leave it out"
+            raise RaymmiError(msg)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrackingConfig:
@@ -62,7 +85,8 @@ class IngestPlatesConfig:
     out
         Output shard-set directory.
     negcon
-        pandas query marking negative-control rows; default: ``Metadata_is_negcon`` if present.
+        Query marking negative-control rows (:mod:`raymmi.query` grammar, never run as
+        code); default: ``Metadata_is_negcon`` if present.
     on_nan
         Non-finite feature values: ``fail`` (default), ``drop-rows`` or ``keep`` (as NaN).
     aggregate
@@ -88,6 +112,8 @@ class IngestPlatesConfig:
             raise RaymmiError(msg)
         if self.batch_rows is not None:
             check_positive("batch_rows", self.batch_rows)
+        if self.negcon is not None:
+            parse_query(self.negcon, what="--negcon query")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +134,9 @@ class IngestCellsConfig:
         Matrix read from every modality: ``X``, a name in ``layers``, or unset for
         ``layers["counts"]`` when present, else ``X``. A challenge's normalized ``X`` is
         ``layer: X`` (``raymmi task`` scores it; ``preprocess`` expects raw counts).
+    check_counts
+        Refuse negative, non-integer or NaN/inf values read from a ``layers["counts"]``
+        (they are not raw counts), naming the layer and file; ``false`` to store them anyway.
     """
 
     rna: str
@@ -118,6 +147,7 @@ class IngestCellsConfig:
     batch_key: str = "batch"
     layer: str | None = None
     overwrite: bool = False
+    check_counts: bool = True
 
     def __post_init__(self) -> None:
         if self.atac is not None and self.adt is not None:
@@ -143,7 +173,7 @@ class NormalizeConfig:
         (every row of the plate), ``negcon-global`` (negative controls of all plates pooled),
         ``batch`` (every row of the plate's batch). ComBat always uses all rows per batch.
     negcon
-        pandas query re-defining the negative controls (default: the stored flag).
+        query re-defining the negative controls (:mod:`raymmi.query`) (default: the stored flag).
     batch_key
         Metadata column holding the batch (``batch`` reference, ComBat).
     epsilon
@@ -175,6 +205,8 @@ class NormalizeConfig:
         if self.epsilon < 0 or self.spherize_epsilon < 0:
             msg = f"epsilon={self.epsilon!r} and spherize_epsilon must be >= 0"
             raise RaymmiError(msg)
+        if self.negcon is not None:
+            parse_query(self.negcon, what="--negcon query")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,7 +127,7 @@ BAD_INPUTS = {
         "2 NaN/inf feature values.*f1: 2.*--on-nan",
     ),
     "duplicates": (lambda f: f.assign(Metadata_Well="A01"), [], "duplicate.*'P1', 'A01'"),
-    "bad query": (lambda f: f, ["--negcon", "Metadata_Compound =="], "cannot be evaluated"),
+    "bad query": (lambda f: f, ["--negcon", "Metadata_Compound =="], "does not parse.*allowed:"),
     "query misses plate": (
         lambda f: f.assign(Metadata_Compound=["DMSO", "C1", "C3", "C2"]),
         ["--negcon", "Metadata_Compound == 'DMSO'"],

@@ -207,9 +207,12 @@ def _leftovers(root) -> list[str]:
     [
         ({"blocklist": "MISSING"}, r"--blocklist '.*MISSING' cannot be read"),
         ({"outlier_cutoff": 0.0}, r"every one of the 60 features would be dropped"),
-        ({"samples": "Metadata_Nope == 1"}, r"samples='Metadata_Nope == 1' cannot be evaluated"),
+        (
+            {"samples": "Metadata_Nope == 1"},
+            r"samples 'Metadata_Nope == 1' names column\(s\) \['Metadata_Nope'\]",
+        ),
         ({"samples": "Metadata_Batch == 'B9'"}, r"chooses no row"),
-        ({"source": "SELF", "out": "SELF"}, r"is the input shard set"),
+        ({"source": "SELF", "out": "SELF"}, r"is the input"),
         ({"source": "NOT_A_SET"}, r"does not exist"),
     ],
 )

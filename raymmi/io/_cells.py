@@ -201,6 +201,27 @@ def is_csc(mod: H5Modality) -> bool:
         return isinstance(node, h5py.Group) and node.attrs.get("encoding-type") == "csc_matrix"
 
 
+def check_unique_ids(ids: np.ndarray, *, name: str) -> None:
+    """Refuse repeated cell ids: modalities are paired by id, so each must name one cell.
+
+    Raises
+    ------
+    RaymmiError
+        Naming the file, how many ids repeat, examples, and the fix.
+    """
+    index = pd.Index(ids)
+    if index.is_unique:
+        return
+    repeated = index[index.duplicated()].unique()
+    msg = (
+        f"{name} has repeated cell ids ({len(repeated)} repeated, e.g. "
+        f"{repeated[:5].tolist()}); modalities are paired by cell id, so ids must be unique: "
+        "run adata.obs_names_make_unique() (or set obs_names from a unique id column) and save "
+        "the file again"
+    )
+    raise RaymmiError(msg)
+
+
 def align(primary: np.ndarray, other: np.ndarray, *, names: tuple[str, str]) -> np.ndarray | None:
     """Row positions in ``other`` of each id in ``primary`` (``None`` if already aligned).
 
@@ -210,14 +231,10 @@ def align(primary: np.ndarray, other: np.ndarray, *, names: tuple[str, str]) -> 
         If the two modalities hold different cells (listing examples of each side) or ids
         repeat.
     """
+    for ids, name in ((primary, names[0]), (other, names[1])):
+        check_unique_ids(ids, name=name)
     if len(primary) == len(other) and np.array_equal(primary, other):
         return None
-    for ids, name in ((primary, names[0]), (other, names[1])):
-        uniq, counts = np.unique(ids, return_counts=True)
-        if (counts > 1).any():
-            examples = uniq[counts > 1][:5].tolist()
-            msg = f"{name} has repeated cell ids, e.g. {examples}; make obs_names unique"
-            raise RaymmiError(msg)
     only_a = np.setdiff1d(primary, other)
     only_b = np.setdiff1d(other, primary)
     if len(only_a) or len(only_b):

@@ -22,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from raymmi.io._shardset import PartWriter, resolve
+from raymmi.query import parse_query
 from raymmi.schema import (
     FEATURE_TYPE,
     NEGCON,
@@ -272,27 +273,17 @@ class IngestPlan:
 def negcon_mask(frame: pd.DataFrame, query: str | None, *, source: str) -> np.ndarray:
     """Boolean negative-control flags for ``frame``.
 
-    ``query`` is a pandas query (``"Metadata_broad_sample == 'DMSO'"``); without one the
-    existing ``Metadata_is_negcon`` column is used, or every row is False.
+    ``query`` is a :mod:`raymmi.query` expression (``"Metadata_broad_sample == 'DMSO'"``),
+    never run as code; without one the existing ``Metadata_is_negcon`` column is used, or every
+    row is False.
     """
     if query is None:
         if NEGCON in frame.columns:
             return frame[NEGCON].fillna(False).astype(bool).to_numpy()
         return np.zeros(len(frame), dtype=bool)
-    try:
-        mask = frame.eval(query)
-    except Exception as err:  # pandas raises many types for a bad expression
-        msg = (
-            f"--negcon query {query!r} cannot be evaluated on {source!r} "
-            f"({type(err).__name__}: {err}); write a pandas query over the Metadata_ columns, "
-            "e.g. \"Metadata_broad_sample == 'DMSO'\""
-        )
-        raise RaymmiError(msg) from err
-    mask = np.asarray(mask)
-    if mask.dtype != bool or mask.shape != (len(frame),):
-        msg = f"--negcon query {query!r} does not give one True/False per row; use a comparison"
-        raise RaymmiError(msg)
-    return mask
+    return parse_query(query, what="--negcon query").evaluate(
+        frame, what=f"--negcon query (on {source!r})"
+    )
 
 
 def prepare_table(
@@ -399,6 +390,8 @@ class PlateSplitter:
 
     def write(self, table: pa.Table) -> None:
         """Append the rows of ``table`` to their plates' parts (one sort, no per-plate scan)."""
+        if table.num_rows == 0:  # e.g. every row of a batch dropped by --on-nan drop-rows
+            return
         order = pc.sort_indices(table, sort_keys=[(PLATE, "ascending")])
         table = table.take(order)
         plates = table.column(PLATE).to_numpy(zero_copy_only=False)

@@ -9,6 +9,7 @@ marker: readers refuse a directory without one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -18,12 +19,14 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raymmi.io._dest import claim_output, swap_into_place
 from raymmi.schema import MANIFEST_NAME, FileEntry, Manifest, RaymmiError
 
 # Parquet settings of every part. Floating-point columns (the features: wide, high-entropy)
@@ -180,10 +183,17 @@ class ShardSetWriter:
     ...     writer.commit(Manifest(kind="plates", files=(entry,), metadata=..., features=...))
     """
 
-    def __init__(self, uri: str, *, overwrite: bool = False) -> None:
+    def __init__(
+        self, uri: str, *, overwrite: bool = False, inputs: Sequence[str | None] = ()
+    ) -> None:
         self.uri = uri
         self.fs, self.path = resolve(uri)
         self._local = isinstance(self.fs, pafs.LocalFileSystem)
+        # The destination's claim (checks, lock, recovery): the stage's own when it claimed
+        # ``uri`` before starting Ray, else taken here and released on commit / abort.
+        self._claim = contextlib.ExitStack()
+        if self._local:
+            self._claim.enter_context(claim_output(uri, inputs=inputs, overwrite=overwrite))
         info = self.fs.get_file_info(self.path)
         if info.type != pafs.FileType.NotFound and not overwrite:
             msg = (
@@ -224,15 +234,9 @@ class ShardSetWriter:
         with self.fs.open_output_stream(posixpath.join(self._staging_path, MANIFEST_NAME)) as f:
             f.write(manifest.to_json().encode())
         if self._local:
-            if self._overwrite:
-                parent, name = posixpath.split(self.path)
-                old = posixpath.join(parent, f".{name}.old-{uuid.uuid4().hex[:12]}")
-                self.fs.move(self.path, old)
-                self.fs.move(self._staging_path, self.path)
-                self.fs.delete_dir(old)
-            else:
-                self.fs.move(self._staging_path, self.path)
+            swap_into_place(Path(self._staging_path), Path(self.path))
         self.committed = manifest
+        self._claim.close()
         return manifest
 
     def abort(self) -> None:
@@ -244,6 +248,10 @@ class ShardSetWriter:
         """
         if self.committed is not None or not self._local:
             return
+        self._remove_staging()
+        self._claim.close()
+
+    def _remove_staging(self) -> None:
         for attempt in range(5):
             try:
                 if self.fs.get_file_info(self._staging_path).type == pafs.FileType.NotFound:
@@ -266,6 +274,107 @@ class ShardSetWriter:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is not None or self.committed is None:
             self.abort()
+
+
+def damaged(uri: str, relpath: str, problem: str) -> RaymmiError:
+    """The error for a damaged part file: which file, what is wrong, how to check the rest."""
+    msg = (
+        f"{uri!r}: part file {relpath} is damaged ({problem}); rerun the stage that produced "
+        f"the set, and check its other files with `raymmi inspect --verify {uri}`"
+    )
+    return RaymmiError(msg)
+
+
+def read_part_bytes(uri: str, entry: FileEntry, *, fs: pafs.FileSystem | None = None) -> pa.Buffer:
+    """One part file's bytes, read once and checked against the manifest's size and SHA-256.
+
+    The checksum is computed over the very buffer the caller then decodes (no second pass).
+    """
+    if fs is None:
+        fs, root = resolve(uri)
+    else:
+        root = resolve(uri)[1]
+    try:
+        with fs.open_input_stream(posixpath.join(root, entry.path)) as stream:
+            data = stream.read_buffer()
+    except OSError as err:
+        raise damaged(uri, entry.path, f"cannot be read: {err}") from err
+    if data.size != entry.bytes:
+        raise damaged(uri, entry.path, f"{data.size} bytes, the manifest says {entry.bytes}")
+    if hashlib.sha256(memoryview(data)).hexdigest() != entry.sha256:
+        raise damaged(uri, entry.path, "its checksum differs from the manifest")
+    return data
+
+
+def open_part(
+    uri: str,
+    entry: FileEntry,
+    *,
+    columns: Sequence[str] | None = None,
+    fs: pafs.FileSystem | None = None,
+    require: Sequence[str] = (),
+) -> pq.ParquetFile:
+    """Open one part file of a shard set, verified: checksum, Parquet footer, rows, columns.
+
+    Raises
+    ------
+    RaymmiError
+        Naming the file and the problem: unreadable, a size or checksum that differs from the
+        manifest, a footer that does not parse (truncated), a row count that differs, or a
+        column of ``columns`` or ``require`` missing.
+    """
+    data = read_part_bytes(uri, entry, fs=fs)
+    try:
+        reader = pq.ParquetFile(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise damaged(uri, entry.path, f"not a readable Parquet file: {err}") from err
+    rows = reader.metadata.num_rows
+    if rows != entry.rows:
+        problem = f"{rows} rows in its footer, the manifest says {entry.rows}"
+        raise damaged(uri, entry.path, problem)
+    wanted = [*(columns or ()), *require]
+    if wanted:
+        present = set(reader.schema_arrow.names)
+        missing = [c for c in dict.fromkeys(wanted) if c not in present]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise damaged(uri, entry.path, f"lacks column(s) the manifest lists: {shown}")
+    return reader
+
+
+def read_part(
+    uri: str,
+    entry: FileEntry,
+    *,
+    columns: Sequence[str] | None = None,
+    fs: pafs.FileSystem | None = None,
+    require: Sequence[str] = (),
+) -> pa.Table:
+    """:func:`open_part` then decode ``columns`` (all when None) into one table."""
+    reader = open_part(uri, entry, columns=columns, fs=fs, require=require)
+    try:
+        return reader.read(columns=None if columns is None else list(columns))
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise damaged(uri, entry.path, f"cannot be decoded: {err}") from err
+
+
+def check_entry_path(relpath: str, *, where: str) -> None:
+    """Refuse a manifest file entry that would leave the shard set (``..``, absolute, URI)."""
+    parts = relpath.replace("\\", "/").split("/")
+    if (
+        not relpath
+        or "://" in relpath
+        or relpath.startswith(("/", "\\", "~"))
+        or (len(relpath) > 1 and relpath[1] == ":")
+        or any(p in ("", ".", "..") for p in parts)
+        or relpath == MANIFEST_NAME
+    ):
+        msg = (
+            f"{where}: file entry {relpath!r} is not a path inside the shard set (no '..', "
+            "absolute paths or URIs); the manifest is damaged or forged, rerun the stage that "
+            "produced it"
+        )
+        raise RaymmiError(msg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,17 +404,21 @@ class ShardSet:
     def iter_tables(
         self, *, columns: Sequence[str] | None = None, batch_size: int | None = None
     ) -> Iterator[tuple[FileEntry, pa.Table]]:
-        """Yield ``(file entry, table)`` per file, or per record batch if ``batch_size``."""
-        fs, root = resolve(self.uri)
+        """Yield ``(file entry, table)`` per file, or per record batch if ``batch_size``.
+
+        Each file is verified as it is read (:func:`open_part`).
+        """
+        fs = resolve(self.uri)[0]
         for entry in self.manifest.files:
-            path = posixpath.join(root, entry.path)
             if batch_size is None:
-                yield entry, pq.read_table(path, columns=columns, filesystem=fs)
+                yield entry, read_part(self.uri, entry, columns=columns, fs=fs)
                 continue
-            with fs.open_input_file(path) as f:
-                reader = pq.ParquetFile(f)
+            reader = open_part(self.uri, entry, columns=columns, fs=fs)
+            try:
                 for batch in reader.iter_batches(batch_size=batch_size, columns=columns):
                     yield entry, pa.Table.from_batches([batch])
+            except (pa.ArrowException, OSError) as err:
+                raise damaged(self.uri, entry.path, f"cannot be decoded: {err}") from err
 
     def read_table(self, *, columns: Sequence[str] | None = None) -> pa.Table:
         """Read the whole shard set into memory (small sets and tests only)."""
@@ -381,6 +494,8 @@ def open_shard_set(uri: str, *, kind: str | None = None) -> ShardSet:
         msg = f"{uri!r}: {MANIFEST_NAME} cannot be read ({err}); rerun the stage that produced it"
         raise RaymmiError(msg) from err
     manifest = Manifest.from_dict(data, where=f"{uri}/{MANIFEST_NAME}")
+    for entry in manifest.files:
+        check_entry_path(entry.path, where=f"{uri}/{MANIFEST_NAME}")
     if kind is not None and manifest.kind != kind:
         msg = f"{uri!r} is a {manifest.kind!r} shard set; this stage needs {kind!r}"
         raise RaymmiError(msg)

@@ -62,6 +62,7 @@ from raymmi.plates._select_config import (
 from raymmi.plates._select_correlation import CoMoments, _correlation
 from raymmi.plates._select_frequency import ValueCounts, _frequency, bucket_columns, value_buckets
 from raymmi.plates._select_stats import _PER_FEATURE, FeatureStats
+from raymmi.query import parse_query
 from raymmi.schema import RaymmiError, is_metadata
 
 __all__ = [
@@ -91,7 +92,10 @@ __all__ = [
 
 
 def samples_mask(frame: pd.DataFrame, samples: str) -> np.ndarray:
-    """Rows of ``frame`` chosen by pycytominer's ``samples``: ``"all"`` or a pandas query.
+    """Rows of ``frame`` chosen by pycytominer's ``samples``: ``"all"`` or a query.
+
+    The query is a :mod:`raymmi.query` expression, parsed and evaluated column by column (never
+    run as code).
 
     Returns
     -------
@@ -105,18 +109,7 @@ def samples_mask(frame: pd.DataFrame, samples: str) -> np.ndarray:
     """
     if samples == "all":
         return np.ones(len(frame), dtype=bool)
-    try:
-        mask = np.asarray(frame.eval(samples))
-    except Exception as err:  # pandas raises many types for a bad expression
-        msg = (
-            f"samples={samples!r} cannot be evaluated ({type(err).__name__}: {err}); pass 'all' "
-            'or a pandas query over the Metadata_ columns, e.g. "Metadata_is_negcon"'
-        )
-        raise RaymmiError(msg) from err
-    if mask.dtype != bool or mask.shape != (len(frame),):
-        msg = f"samples={samples!r} does not give one True/False per row; use a comparison"
-        raise RaymmiError(msg)
-    return mask
+    return parse_query(samples, what="samples").evaluate(frame, what="samples")
 
 
 def decide(

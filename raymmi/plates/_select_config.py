@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
+from raymmi.query import parse_query
 from raymmi.schema import RaymmiError
 
 OPS: Final = ("variance", "frequency", "correlation", "na", "blocklist", "outliers")
@@ -181,8 +182,10 @@ class SelectConfig:
         object.__setattr__(self, "ops", parse_ops(self.ops))
         _ = self.thresholds  # builds Thresholds, which checks the cut-offs here, at the edge
         if not isinstance(self.samples, str) or not self.samples.strip():
-            msg = f"samples={self.samples!r} must be 'all' or a pandas query over the rows"
+            msg = f"samples={self.samples!r} must be 'all' or a query over the rows"
             raise RaymmiError(msg)
+        if self.samples != "all":
+            parse_query(self.samples, what="samples")
         if not isinstance(self.frequency_task_mb, int) or self.frequency_task_mb < 1:
             msg = f"frequency_task_mb={self.frequency_task_mb!r} must be a whole number >= 1"
             raise RaymmiError(msg)

@@ -7,8 +7,10 @@ from typing import Any
 
 import ray
 
+from raymmi.cells._pipeline_stats import check_counts as _check_counts
 from raymmi.config import IngestCellsConfig, RayConfig, TrackingConfig, to_dict
 from raymmi.io import _cells as h5
+from raymmi.io._dest import claiming
 from raymmi.io._shardset import ShardSetWriter, write_part
 from raymmi.run._plates import producer
 from raymmi.run._runtime import gather, init_ray
@@ -32,8 +34,19 @@ def _ingest_chunk(
     staging: str,
     index: int,
     batch_key: str,
+    check_counts: bool = True,
 ) -> tuple[FileEntry, list[str]]:
     batch = h5.read_cell_chunk(mods, start, stop, positions=positions, batch_key=batch_key)
+    if check_counts:  # impossible counts are refused here, naming the layer, not at preprocess
+        # only a counts layer must hold counts; a bare X (stored with a warning) may be
+        # normalized on purpose, and preprocess checks it where counts are needed
+        for mod in (m for m in mods if m.matrix == "layers/counts"):
+            _check_counts(
+                batch.modalities[mod.name],
+                name=mod.name,
+                source=f"{mod.group.rstrip('/')}/{mod.matrix} of {mod.path}".lstrip("/"),
+                where=f"cells {start}..{stop - 1}",
+            )
     table = cell_batch_to_arrow(batch)
     return write_part(staging, f"part-{index:05d}.parquet", table), table.column_names
 
@@ -54,6 +67,13 @@ def _modalities(config: IngestCellsConfig) -> list[h5.H5Modality]:
     return mods
 
 
+@claiming(
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": (config.rna, config.atac, config.adt),
+        "overwrite": config.overwrite,
+    }
+)
 def ingest_cells(
     config: IngestCellsConfig,
     *,
@@ -69,6 +89,7 @@ def ingest_cells(
     started = time.perf_counter()
     mods = _modalities(config)
     ids = h5.read_cell_ids(mods[0])
+    h5.check_unique_ids(ids, name=mods[0].path)
     positions = [None] + [
         h5.align(ids, h5.read_cell_ids(m), names=(mods[0].path, m.path)) for m in mods[1:]
     ]
@@ -92,6 +113,7 @@ def ingest_cells(
                 writer.staging,
                 i,
                 config.batch_key,
+                config.check_counts,
             )
             for i, start in enumerate(range(0, n, config.chunk_size))
         ]
@@ -159,6 +181,7 @@ def _generate_chunk(spec: Any, index: int, staging: str) -> tuple[FileEntry, lis
     return write_part(staging, f"part-{index:05d}.parquet", table), table.column_names
 
 
+@claiming(lambda spec, **kw: {"uri": kw["out"], "overwrite": kw.get("overwrite", False)})
 def generate_cells(
     spec: Any,
     *,

@@ -6,10 +6,20 @@ import time
 
 from raymmi.config import ExportConfig, TrackingConfig, to_dict
 from raymmi.io import export_cells, export_plates, open_shard_set
+from raymmi.io._dest import claiming
 from raymmi.io._export import export_format
 from raymmi.track import tracked_run
 
 
+@claiming(
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": [config.source],
+        "overwrite": config.overwrite,
+        "kind": "file",
+        "marker": None,
+    }
+)
 def export(config: ExportConfig, *, tracking: TrackingConfig | None = None) -> int:
     """Export a shard set to a wide table (plates) or ``.h5ad`` (cells); return rows written."""
     started = time.perf_counter()

@@ -36,12 +36,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from raymmi import plates as P
 from raymmi.config import NormalizeConfig, RayConfig, TrackingConfig, to_dict
 from raymmi.io import ShardSet, ShardSetWriter, open_shard_set, resolve
+from raymmi.io._dest import claiming
+from raymmi.io._shardset import open_part
 from raymmi.run._normalize_plate import PlateGroup, _merge, _output_schema, _PlateInfo, _Scope
 from raymmi.run._normalize_tasks import (
     _apply_pass,
@@ -219,6 +220,13 @@ def _run_two_passes(
     return infos, report, list(names)
 
 
+@claiming(
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": [config.source],
+        "overwrite": config.overwrite,
+    }
+)
 def normalize(
     config: NormalizeConfig,
     *,
@@ -292,9 +300,8 @@ def normalize(
 
 def _metadata_schema(shard_set: ShardSet) -> pa.Schema:
     """The stored metadata fields (types as in the first file), in manifest order."""
-    first = shard_set.manifest.files[0]
-    fs, root = resolve(shard_set.uri)
-    schema = pq.read_schema(posixpath.join(root, first.path), filesystem=fs)
+    # The first file, verified (checksum, footer, columns) before its schema is trusted.
+    schema = open_part(shard_set.uri, shard_set.manifest.files[0]).schema_arrow
     return pa.schema([schema.field(n) for n in shard_set.manifest.metadata])
 
 

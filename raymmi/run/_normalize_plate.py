@@ -13,12 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raymmi.config import NormalizeConfig
 from raymmi.io import ShardSet, resolve
 from raymmi.io._plates import negcon_mask
-from raymmi.io._shardset import PartWriter
+from raymmi.io._shardset import PartWriter, read_part
 from raymmi.schema import (
     FEATURE_TYPE,
     NEGCON,
@@ -92,13 +91,11 @@ def _read_plate(
     Reading the bytes first and decoding from memory measured faster than ``read_table`` on
     a path (which also builds a dataset per call) for these small, wide files.
     """
-    fs, root = resolve(shard_set.uri)
-    tables = []
-    for f in files:
-        with fs.open_input_stream(posixpath.join(root, f.path)) as stream:
-            data = stream.read()
-        reader = pq.ParquetFile(pa.BufferReader(data))
-        tables.append(reader.read(columns=None if columns is None else list(columns)))
+    fs = resolve(shard_set.uri)[0]
+    # Checked as read: checksum over the buffer decoded, footer row count, columns.
+    m = shard_set.manifest
+    need = () if columns is not None else (*m.features, *(c for c in m.metadata if c != NEGCON))
+    tables = [read_part(shard_set.uri, f, columns=columns, fs=fs, require=need) for f in files]
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 

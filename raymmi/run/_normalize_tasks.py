@@ -34,6 +34,7 @@ from raymmi.run._normalize_plate import (
     _single_batch,
     _write_plate,
 )
+from raymmi.run._runtime import cancel
 from raymmi.schema import (
     FileEntry,
 )
@@ -190,8 +191,7 @@ def _stream(
             try:
                 value = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
-                for ref in pending:
-                    ray.cancel(ref, force=True)
+                cancel(pending)
                 cause = err.cause if isinstance(err.cause, BaseException) else err
                 raise cause from None
             following = next(todo, None)

@@ -16,6 +16,7 @@ import raymmi
 from raymmi.config import IngestPlatesConfig, RayConfig, TrackingConfig, to_dict
 from raymmi.io import _cellprofiler as cp
 from raymmi.io import _plates as tables
+from raymmi.io._dest import claiming
 from raymmi.io._shardset import ShardSetWriter
 from raymmi.run._runtime import gather, init_ray
 from raymmi.schema import FileEntry, Manifest, RaymmiError
@@ -70,6 +71,13 @@ def _check(summaries: Sequence[tables.SourceSummary], config: IngestPlatesConfig
             f"{sum(nonfinite.values())} NaN/inf feature values in {len(nonfinite)} column(s) "
             f"({worst}); pass --on-nan drop-rows to drop those rows or --on-nan keep to store NaN"
         )
+    kept = sum(sum(s.rows_per_plate.values()) for s in summaries)
+    if kept == 0 and config.on_nan == "drop-rows" and nonfinite:
+        every = [k for k, _ in nonfinite.most_common(5)]
+        problems.append(
+            f"--on-nan drop-rows dropped every row: NaN/inf in every row (most in {every}); "
+            "drop the empty feature column(s) from the source, or pass --on-nan keep"
+        )
     if config.negcon is not None:
         rows: Counter[str] = Counter()
         negcon: Counter[str] = Counter()
@@ -115,6 +123,13 @@ def _plan(
     return table_sources, cp_wells, metadata, features
 
 
+@claiming(
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": config.sources,
+        "overwrite": config.overwrite,
+    }
+)
 def ingest_plates(
     config: IngestPlatesConfig,
     *,
@@ -289,6 +304,7 @@ def _generate_plates(
     return summary
 
 
+@claiming(lambda spec, **kw: {"uri": kw["out"], "overwrite": kw.get("overwrite", False)})
 def generate_plates(
     spec: Any,
     *,

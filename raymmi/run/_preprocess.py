@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 from raymmi import cells
 from raymmi.cells import PreprocessCellsConfig
 from raymmi.config import RayConfig, TrackingConfig, to_dict
+from raymmi.io._dest import claiming
 from raymmi.io._shardset import PartWriter, ShardSet, ShardSetWriter, open_shard_set, resolve
 from raymmi.run._plates import producer
-from raymmi.run._runtime import gather, init_ray
+from raymmi.run._runtime import cancel, gather, init_ray
 from raymmi.schema import (
     FileEntry,
     Manifest,
@@ -244,8 +245,7 @@ def _reduce_pass(
             try:
                 part = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
-                for ref in pending:
-                    ray.cancel(ref, force=True)
+                cancel(pending)
                 cause = err.cause if isinstance(err.cause, BaseException) else err
                 raise cause from None
             merged = cells.merge_partials([merged, part])
@@ -332,6 +332,13 @@ def _output_modalities(
     return out
 
 
+@claiming(
+    lambda config, **kw: {
+        "uri": kw["out"],
+        "inputs": [kw["source"]],
+        "overwrite": kw.get("overwrite", False),
+    }
+)
 def preprocess_cells(
     config: PreprocessCellsConfig,
     *,

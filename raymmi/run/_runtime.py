@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
@@ -55,6 +57,8 @@ def init_ray(config: RayConfig | None = None) -> dict[str, Any]:
     address = config.address or os.environ.get("RAY_ADDRESS")
     quiet_driver()
     runtime_env = {"env_vars": {**WORKER_ENV, **worker_log_env()}}
+    if address:
+        check_reachable(address)
     try:
         if address:
             # Inside `ray job submit` the job's runtime env (jobs/runtime_env.yaml) already
@@ -69,15 +73,16 @@ def init_ray(config: RayConfig | None = None) -> dict[str, Any]:
         else:
             store = config.object_store_mb
             store_bytes = store << 20 if store else min(_total_memory() // 4, _MAX_OBJECT_STORE)
-            ray.init(
-                address="local",
-                num_cpus=config.num_cpus,
-                object_store_memory=store_bytes,
-                include_dashboard=False,
-                runtime_env=runtime_env,
-                logging_level=logging.WARNING,
-                log_to_driver=verbose(),
-            )
+            with _loopback_only():
+                ray.init(
+                    address="local",
+                    num_cpus=config.num_cpus,
+                    object_store_memory=store_bytes,
+                    include_dashboard=False,
+                    runtime_env=runtime_env,
+                    logging_level=logging.WARNING,
+                    log_to_driver=verbose(),
+                )
     except ConnectionError as err:
         msg = (
             f"cannot reach the Ray cluster at {address!r} ({err}); check --address / "
@@ -85,6 +90,70 @@ def init_ray(config: RayConfig | None = None) -> dict[str, Any]:
         )
         raise RaymmiError(msg) from err
     return ray.cluster_resources()
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start a local Ray whose every port (GCS, raylet, agents, metrics) binds to 127.0.0.1.
+
+    Ray picks the node's address with ``get_node_ip_address``, which returns the loopback
+    address when ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` is false (Ray's own switch for
+    single-machine platforms); ``ray.init(_node_ip_address="127.0.0.1")`` does not do it (Ray
+    resolves a loopback address back to the node's IP). The switch is set for the start only and
+    passed to Ray's processes through ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; a run joining a
+    cluster (``--address``) is never touched. Measured with ``ss -ltnp``: without it the metrics
+    exporter and the dashboard agent listened on 0.0.0.0 and GCS/raylet on every interface.
+    """
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    old_value, old_env = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(name)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[name] = "0"
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_value
+        if old_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old_env
+
+
+def check_reachable(address: str, *, timeout: float = 3.0) -> None:
+    """Refuse, within ``timeout`` seconds, a cluster address nothing listens on.
+
+    ``host:port`` and ``ray://host:port`` are probed with one TCP connection (Ray itself retries
+    an unreachable GCS for minutes); ``auto`` and other forms are left to Ray.
+    """
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout):
+            return
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        msg = (
+            f"cannot reach the Ray cluster at {address!r} ({reason}); check --address / "
+            "RAY_ADDRESS (the head's host:port, e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001), or "
+            "unset it to run on a local Ray"
+        )
+        raise RaymmiError(msg) from None
+
+
+def cancel(refs: Sequence[ray.ObjectRef], *, wait_s: float = 10.0) -> None:
+    """Force-cancel ``refs`` and wait (up to ``wait_s``) until they have stopped.
+
+    A failing stage removes its staging folder next; a cancelled task still finishing its part
+    file would otherwise write into the folder again after the removal.
+    """
+    refs = list(refs)
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=wait_s)
 
 
 def gather(refs: Sequence[ray.ObjectRef], *, desc: str, unit: str = "task") -> list[Any]:
@@ -102,8 +171,7 @@ def gather(refs: Sequence[ray.ObjectRef], *, desc: str, unit: str = "task") -> l
             try:
                 results[index[done[0]]] = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
-                for ref in pending:
-                    ray.cancel(ref, force=True)
+                cancel(pending)
                 cause = err.cause if isinstance(err.cause, BaseException) else err
                 raise cause from None
             bar.update(1)

@@ -10,6 +10,7 @@ MLflow, then the manifest commits the set.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import posixpath
 import time
@@ -17,13 +18,20 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from tqdm.auto import tqdm
 
 from raymmi.config import RayConfig, TrackingConfig, to_dict
 from raymmi.io._blocklist import read_blocklist
-from raymmi.io._shardset import PartWriter, ShardSet, ShardSetWriter, open_shard_set, resolve
+from raymmi.io._dest import claiming
+from raymmi.io._shardset import (
+    PartWriter,
+    ShardSet,
+    ShardSetWriter,
+    open_part,
+    open_shard_set,
+    resolve,
+)
 from raymmi.plates._select import (
     REPORT_NAME,
     FeatureStats,
@@ -35,7 +43,7 @@ from raymmi.plates._select import (
     samples_mask,
 )
 from raymmi.run._plates import producer
-from raymmi.run._runtime import gather, init_ray
+from raymmi.run._runtime import cancel, gather, init_ray
 from raymmi.schema import FileEntry, Manifest, RaymmiError
 from raymmi.track import tracked_run
 
@@ -48,6 +56,13 @@ _MIN_BATCH_ROWS = 1024
 _GROUPS_PER_CPU = 2
 
 
+@claiming(
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": [config.source],
+        "overwrite": config.overwrite,
+    }
+)
 def select_features(
     config: SelectConfig,
     *,
@@ -176,9 +191,7 @@ def _check_input(source: ShardSet, config: SelectConfig) -> None:
         raise RaymmiError(msg)
     if config.samples != "all":
         # Evaluate the query on the first file's metadata (no rows) to fail fast on a typo.
-        fs, root = resolve(source.uri)
-        path = posixpath.join(root, source.manifest.files[0].path)
-        schema = pq.read_schema(path, filesystem=fs)
+        schema = open_part(source.uri, source.manifest.files[0]).schema_arrow
         empty = schema.empty_table().select(list(source.manifest.metadata)).to_pandas()
         samples_mask(empty, config.samples)
 
@@ -202,7 +215,7 @@ def _statistics(source: ShardSet, config: SelectConfig) -> tuple[FeatureStats, V
         chunks, n_buckets = _frequency_plan(
             len(features), manifest.num_rows, config.frequency_task_mb, cpus
         )
-        paths = [f.path for f in manifest.files]
+        paths = list(manifest.files)
         count_refs = [
             _counts_task.remote(
                 source.uri, paths, features[a:b], metadata, config.samples, bucket, n_buckets
@@ -213,12 +226,10 @@ def _statistics(source: ShardSet, config: SelectConfig) -> tuple[FeatureStats, V
     try:
         stats = _reduce(stat_refs, desc="select: statistics")
     except BaseException:
-        for ref in count_refs:
-            ray.cancel(ref, force=True)
+        cancel(count_refs)
         raise
     if stats.n_rows == 0:
-        for ref in count_refs:
-            ray.cancel(ref, force=True)
+        cancel(count_refs)
         msg = f"samples={config.samples!r} chooses no row of {config.source!r}; fix the query"
         raise RaymmiError(msg)
     if not count_refs:
@@ -233,15 +244,15 @@ def _statistics(source: ShardSet, config: SelectConfig) -> tuple[FeatureStats, V
     return stats, ValueCounts.concat(per_chunk)
 
 
-def _groups(files: Sequence[FileEntry], n_groups: int) -> list[list[str]]:
+def _groups(files: Sequence[FileEntry], n_groups: int) -> list[list[FileEntry]]:
     """Split files, in order, into at most ``n_groups`` runs of about equal rows."""
     n_groups = min(n_groups, len(files))
     total = sum(f.rows for f in files) or 1
-    groups: list[list[str]] = [[] for _ in range(n_groups)]
+    groups: list[list[FileEntry]] = [[] for _ in range(n_groups)]
     seen = 0
     for entry in files:
         index = min(n_groups - 1, seen * n_groups // total)
-        groups[index].append(entry.path)
+        groups[index].append(entry)
         seen += entry.rows
     return [g for g in groups if g]
 
@@ -278,8 +289,7 @@ def _reduce(refs: Sequence[ray.ObjectRef], *, desc: str) -> FeatureStats:
             try:
                 part = ray.get(done[0])
             except ray.exceptions.RayTaskError as err:
-                for ref in pending:
-                    ray.cancel(ref, force=True)
+                cancel(pending)
                 cause = err.cause if isinstance(err.cause, BaseException) else err
                 raise cause from None
             merged = part if merged is None else merged.merge(part)
@@ -290,16 +300,16 @@ def _reduce(refs: Sequence[ray.ObjectRef], *, desc: str) -> FeatureStats:
 
 def _iter_values(
     root: str,
-    relpath: str,
+    entry: FileEntry,
     features: Sequence[str],
     metadata: Sequence[str],
     samples: str,
 ) -> Iterator[np.ndarray]:
     """Yield float arrays of shape (rows, len(features)) of one file, chosen rows only."""
-    fs, base = resolve(root)
     batch_rows = max(_MIN_BATCH_ROWS, _BATCH_VALUES // max(1, len(features)))
-    with fs.open_input_file(posixpath.join(base, relpath)) as f:
-        reader = pq.ParquetFile(f)
+    # Verified as read: the checksum covers the buffer decoded here (no second pass).
+    reader = open_part(root, entry, columns=[*metadata, *features])
+    with contextlib.closing(reader):
         for batch in reader.iter_batches(
             batch_size=batch_rows, columns=[*metadata, *features], use_threads=False
         ):
@@ -315,7 +325,7 @@ def _iter_values(
 @ray.remote(num_cpus=1)
 def _stats_task(
     root: str,
-    relpaths: list[str],
+    relpaths: list[FileEntry],
     features: list[str],
     metadata: list[str],
     samples: str,
@@ -346,7 +356,7 @@ def _stats_task(
 @ray.remote(num_cpus=1)
 def _counts_task(
     root: str,
-    relpaths: list[str],
+    relpaths: list[FileEntry],
     features: list[str],
     metadata: list[str],
     samples: str,
@@ -365,9 +375,8 @@ def _counts_task(
 
 @ray.remote(num_cpus=1)
 def _write_file(root: str, entry: FileEntry, staging: str, columns: list[str]) -> FileEntry:
-    fs, base = resolve(root)
-    with fs.open_input_file(posixpath.join(base, entry.path)) as f:
-        reader = pq.ParquetFile(f)
+    reader = open_part(root, entry, columns=columns)
+    with contextlib.closing(reader):
         full = reader.schema_arrow  # a property that rebuilds the schema on every access
         schema = pa.schema([full.field(name) for name in columns])
         batch_rows = max(_MIN_BATCH_ROWS, _BATCH_VALUES // max(1, len(columns)))

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 import yaml
 
 from raymmi.config import RayConfig, TrackingConfig, TrainConfig, to_dict
+from raymmi.io._dest import claiming, work_dir
 from raymmi.io._shardset import ShardSetWriter
 from raymmi.run._logs import EpochPrinter, train_log_level
 from raymmi.run._plates import producer
@@ -75,8 +75,7 @@ def _prepare_out(config: TrainConfig) -> bool:
     if not out.exists():
         return False
     done = finished(out, embed=config.embed)
-    if config.overwrite:
-        shutil.rmtree(out)
+    if config.overwrite:  # a fresh run in staging, swapped in when done (raymmi.io._dest)
         return False
     if done:
         msg = f"--out {config.out!r} holds a finished training run; use --overwrite or a new --out"
@@ -110,6 +109,15 @@ def _flat(data: Mapping[str, Any]) -> dict[str, Any]:
     return flatten(dict(data))
 
 
+@claiming(
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": (config.data, config.extra_data),
+        "overwrite": config.overwrite,
+        "exists_ok": True,
+        "marker": "embeddings/_manifest.json" if config.embed else "metrics.json",
+    }
+)
 def train(
     config: TrainConfig,
     *,
@@ -143,7 +151,7 @@ def train(
     resources = init_ray(ray_config)
     cpus = _cpus_per_worker(config, resources)
     plan = dataclasses.replace(plan, threads=max(1, math.floor(cpus)))
-    out = Path(config.out).resolve()
+    out = work_dir(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(_model_identity(config), sort_keys=False))
     cfg = to_dict(config)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ import yaml
 
 from raymmi import models
 from raymmi.config import RayConfig, TrackingConfig, TrainConfig, to_dict
+from raymmi.io._dest import claiming, work_dir
 from raymmi.run._tune_callbacks import _callbacks
 from raymmi.run._tune_mlflow import (
     _close_orphaned_children,
@@ -140,8 +140,6 @@ def _prepare_out(
 ) -> dict[str, Any] | None:
     """Check ``out`` against the request; return the saved search when resuming."""
     saved_path = out / SEARCH_FILE
-    if overwrite and not resume and out.exists():
-        shutil.rmtree(out)
     if resume:
         if not saved_path.exists():
             msg = f"--resume: {str(out)!r} holds no search to resume (no {SEARCH_FILE})"
@@ -214,6 +212,15 @@ def _optuna_distribution(dim: Dimension) -> Any:
     return CategoricalDistribution([_encode(v) for v in dim.values])
 
 
+@claiming(
+    lambda config, base, **kw: {
+        "uri": config.out,
+        "inputs": (base.data, base.extra_data),
+        "overwrite": kw.get("overwrite", False) and not kw.get("resume", False),
+        "exists_ok": True,
+        "marker": "best.yaml",
+    }
+)
 def tune(
     config: TuneConfig,
     base: TrainConfig,
@@ -244,7 +251,7 @@ def tune(
 
     started = time.perf_counter()
     tracking = tracking or TrackingConfig()
-    out = Path(config.out).resolve()
+    out = work_dir(config.out)  # a staging sibling under --overwrite (raymmi.io._dest)
     cls = models.model_class(base.model_name)
     base = dataclasses.replace(
         base, data=_absolute(base.data), extra_data=base.extra_data and _absolute(base.extra_data)
@@ -401,7 +408,7 @@ def tune(
         tmp.write_text(header + yaml.safe_dump(best, sort_keys=False))
         tmp.replace(out / "best.yaml")  # the commit marker: written last
     return TuneOutcome(
-        out=str(out),
+        out=str(Path(config.out).resolve()),
         results=results,
         trials=trials_frame,
         best=best,

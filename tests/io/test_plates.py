@@ -90,9 +90,9 @@ def test_prepare_uses_existing_negcon_column():
 
 
 def test_bad_query_is_a_clear_error():
-    with pytest.raises(RaymmiError, match="cannot be evaluated"):
+    with pytest.raises(RaymmiError, match=r"names column\(s\) \['Metadata_Nope'\] not in the"):
         _prepare(_frame(), query="Metadata_Nope == 'DMSO'")
-    with pytest.raises(RaymmiError, match="cannot be evaluated"):
+    with pytest.raises(RaymmiError, match=r"does not parse.*allowed:"):
         _prepare(_frame(), query="Metadata_Compound ==")
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from raymmi.config import RayConfig, TrackingConfig
+from raymmi.io._dest import claiming, work_dir
 from raymmi.metrics import MatchingError, check_matching, match_probabilities
 from raymmi.run._runtime import init_ray
 from raymmi.run._tasks._config import _OTHER_CANDIDATES as _OTHER_CANDIDATES
@@ -146,6 +147,14 @@ def _match(plan: _Plan, cells: _Cells, trained: _Trained | None) -> _Result:
 # ----------------------------------------------------------------------------------------------
 
 
+@claiming(
+    lambda config, **_: {
+        "uri": config.out,
+        "inputs": [config.data],
+        "overwrite": config.overwrite,
+        "marker": "scores.json",
+    }
+)
 def run_task(
     config: TaskConfig,
     *,
@@ -186,9 +195,8 @@ def run_task(
     cells = _read_cells(plan)
     run = {"predict": _predict, "match": _match, "embed": _embed}[config.task]
     result = run(plan, cells, None) if settings is None else None  # pure: before any write
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = work_dir(config.out)  # a staging sibling under --overwrite (raymmi.io._dest)
+    out.mkdir(parents=True, exist_ok=True)
     try:
         trained = None
         if settings is not None:
