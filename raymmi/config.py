@@ -44,7 +44,8 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None and (
-            isinstance(self.num_cpus, bool) or not isinstance(self.num_cpus, int)
+            isinstance(self.num_cpus, bool)
+            or not isinstance(self.num_cpus, int)
             or self.num_cpus < 1
         ):
             msg = (
