@@ -54,18 +54,22 @@ class SegmentConfig:
         ``shape`` (distance transform), ``intensity`` or ``none``.
     discard_border
         Drop nuclei touching the image border (and so their cells).
+    discard_border_cells
+        Also drop cells (with their nuclei) that touch the border (IdentifySecondaryObjects'
+        "Discard secondary objects touching the border of the image").
     compactness
         Watershed compactness of the propagation (0: pure gradient watershed).
     """
 
     nuclei_min_diameter: float = 8.0
     nuclei_max_diameter: float = 80.0
-    nuclei_threshold: ThresholdMethod = "otsu"
-    cells_threshold: ThresholdMethod = "otsu"
+    nuclei_threshold: ThresholdMethod = "li"
+    cells_threshold: ThresholdMethod = "li"
     threshold_correction: float = 1.0
     smoothing_sigma: float = 1.0
     declump: Declump = "shape"
     discard_border: bool = True
+    discard_border_cells: bool = False
     compactness: float = 0.0
 
     def __post_init__(self) -> None:
@@ -210,7 +214,11 @@ def segment_cells(
         sobel(smoothed), markers=nuclei, mask=foreground, compactness=config.compactness
     )
     cells[nuclei > 0] = nuclei[nuclei > 0]
-    return _fill_holes(cells.astype(np.int32))
+    cells = _fill_holes(cells.astype(np.int32))
+    if config.discard_border_cells:
+        edge = np.unique(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))
+        cells[np.isin(cells, edge[edge > 0])] = 0
+    return cells
 
 
 def cytoplasm(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:

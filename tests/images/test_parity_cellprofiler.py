@@ -50,16 +50,19 @@ def _matched(row: pd.Series, labels: np.ndarray) -> int:
     return int(np.argmin(d))
 
 
-def _compare(measures: tuple[str, ...], *, corrected: bool) -> pd.DataFrame:
+def _compare(
+    measures: tuple[str, ...], *, corrected: bool, channels: tuple[str, ...] = CHANNELS
+) -> pd.DataFrame:
     rows = []
     for row, images, labels in _fields():
+        images = {c: images[c] for c in channels}
         k = _matched(row, labels)
         if corrected:
             raw = measure_objects(labels, images, compartment="Nuclei", measures=("intensity",))
             offsets = {
                 c: raw[f"Nuclei_Intensity_MaxIntensity_{c}"][k]
                 - row[f"Nuclei_Intensity_MaxIntensity_{c}"]
-                for c in CHANNELS
+                for c in channels
             }
             images = {c: np.clip(a - offsets[c], 0, None) for c, a in images.items()}
         ours = measure_objects(labels, images, compartment="Nuclei", measures=measures)
@@ -123,10 +126,19 @@ def test_offset_free_intensity_matches_without_correction():
 
 @pytest.mark.slow
 def test_texture_granularity_radial_agreement():
-    """Reported figures; the bounds only catch a broken glue (wrong channel, wrong names)."""
-    frame = _compare(("texture", "granularity", "radial"), corrected=True)
+    """Reported figures; the bounds only catch a broken glue (wrong channel, wrong names).
+
+    Measured on all three channels (205 s): share within 2% and median relative difference,
+    texture 94% / 0.15%, radial distribution 68% / 0.8%, granularity 57% / 1.1%. Granularity
+    works on a 4x-subsampled image and radial bins on distances from the object's edge, so both
+    move with the few boundary pixels and the 8-bit quantization of these planes; the test
+    runs on DAPI only to stay short (~70 s).
+    """
+    frame = _compare(("texture", "granularity", "radial"), corrected=True, channels=("DAPI",))
     frame["category"] = frame.feature.str.split("_").str[1]
     summary = frame.groupby("category").rel.agg(["median", lambda r: (r <= 0.02).mean()])
     print(summary)
     assert set(summary.index) == {"Texture", "Granularity", "RadialDistribution"}
-    assert summary.loc["Texture", "median"] <= 0.05
+    assert summary.loc["Texture", "median"] <= 0.01
+    assert summary.loc["Granularity", "median"] <= 0.05
+    assert summary.loc["RadialDistribution", "median"] <= 0.05
