@@ -83,10 +83,11 @@ def plate_name(index: int) -> str:
 
 
 def field_metadata(spec: FieldSetSpec, plate: int, well: int, site: int) -> dict[str, str]:
-    """``Metadata_*`` of one field (plate, well, site, treatment)."""
+    """``Metadata_*`` of one field (plate, batch, well, site, treatment); two batches alternate."""
     treated = well % 4 != 0
     return {
         "Metadata_Plate": plate_name(plate),
+        "Metadata_Batch": f"batch{plate % 2 + 1}",
         "Metadata_Well": well_name(well),
         "Metadata_Site": str(site + 1),
         "Metadata_Treatment": f"compound_{well % spec.compounds}" if treated else "DMSO",
