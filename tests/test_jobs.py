@@ -47,3 +47,10 @@ def test_train_job_smoke_test(tmp_path):
     metrics = json.loads((tmp_path / "sailerx" / "metrics.json").read_text())
     assert "ari" in metrics and "reference_ari" in metrics
     assert open_shard_set(str(tmp_path / "sailerx" / "embeddings")).manifest.num_rows == 400
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_ingest_images_job_smoke_test(tmp_path):
+    assert _job("ingest_images").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    manifest = open_shard_set(str(tmp_path / "cells")).manifest
+    assert manifest.num_rows > 0 and "Nuclei_AreaShape_Area" in manifest.features
