@@ -160,3 +160,22 @@ def test_generate_refuses_existing(tmp_path, capsys):
     argv = ["generate", "images", "--out", str(tmp_path / "gen"), "--no-track"]
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_embed_random_weights_through_actor_pool(fields, tmp_path):
+    out = tmp_path / "emb"
+    argv = ["ingest", "images", str(fields), "--out", str(out), "--nuclei-channel", "DNA",
+            "--cell-channel", "AGP", "--embed", "cnn-small", "--weights", "random",
+            "--embed-only", "--crop-size", "32"]
+    assert main([*argv, *FAST]) == 0
+    table = open_shard_set(str(out)).read_table().to_pandas()
+    dims = [c for c in table.columns if c.startswith("Embedding_")]
+    assert len(dims) == 128 and not any(c.startswith("Nuclei_") for c in table.columns)
+    assert len(table) > 5 and np.isfinite(table[dims].to_numpy()).all()
+
+
+def test_embed_bad_weights(fields, tmp_path, capsys):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"junk")
+    msg = _bad(tmp_path, capsys, fields, "--embed", "cnn-small", "--weights", str(weights))
+    assert "is not a cnn-small state_dict" in msg

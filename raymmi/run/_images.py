@@ -418,7 +418,7 @@ def plan_images(config: IngestImagesConfig) -> tuple[list[FieldSpec], ImagePlan]
         cells_threshold=config.threshold,
         discard_border_cells=config.discard_border_cells,
     )
-    measures = tuple(config.measures) or ("sizeshape",)
+    measures = ("sizeshape",) if config.embed_only else (tuple(config.measures) or ("sizeshape",))
     profile = ProfileConfig(
         nuclei_channel=config.nuclei_channel,
         cell_channel=config.cell_channel,
@@ -428,15 +428,33 @@ def plan_images(config: IngestImagesConfig) -> tuple[list[FieldSpec], ImagePlan]
     centers, features = _feature_names(profile, channels)
     embed = None
     if config.embed:
-        from raymmi.images._embed import embedding_dim
+        from raymmi.images._embed import CropEmbedder, embedding_dim
 
+        try:
+            dim = embedding_dim(config.embed)
+        except ValueError as err:
+            raise RaymmiError(str(err)) from err
+        if config.weights != "random":
+            try:  # once on the driver: a wrong file fails here, not in every actor
+                CropEmbedder(
+                    model=config.embed,
+                    weights=str(config.weights),
+                    channels=channels,
+                    crop_size=config.crop_size,
+                )
+            except (OSError, RuntimeError, ValueError) as err:
+                msg = (
+                    f"--weights {config.weights!r} is not a {config.embed} state_dict for "
+                    f"{len(channels)} channels ({type(err).__name__}: {str(err)[:200]})"
+                )
+                raise RaymmiError(msg) from err
         embed = {
             "model": config.embed,
             "weights": config.weights,
             "channels": channels,
             "crop_size": config.crop_size,
         }
-        dims = [f"Embedding_{i}" for i in range(embedding_dim(config.embed))]
+        dims = [f"Embedding_{i}" for i in range(dim)]
         features = dims if config.embed_only else [*features, *dims]
     plan = ImagePlan(
         profile=profile,

@@ -75,3 +75,26 @@ def test_profile_generated_field_and_qc():
     saturated = {"DNA": np.ones((32, 32), np.float32)}
     qc = field_qc(saturated, nuclei_channel="DNA", objects={"Nuclei": np.zeros((32, 32), int)})
     assert qc["Saturation_DNA"] == 1.0 and qc["blank"] and qc["Count_Cells"] == 0
+
+
+def test_crops_and_embedder(tmp_path):
+    import torch
+
+    from raymmi.images._embed import CropEmbedder, build_cnn, crops
+
+    nuclei = np.zeros((50, 50), np.int32)
+    nuclei[1:4, 1:4] = 1  # at the corner: the crop is zero-padded
+    nuclei[20:30, 20:30] = 2
+    images = {"DNA": np.where(nuclei > 0, 0.8, 0.1).astype(np.float32),
+              "AGP": np.full((50, 50), 0.3, np.float32)}
+    batch = crops(images, nuclei, size=16)
+    assert batch.shape == (2, 2, 16, 16)
+    assert batch[1, 0, 8, 8] == pytest.approx(0.8) and batch[0, 0, 0, 0] == 0
+    path = tmp_path / "w.pt"
+    torch.save(build_cnn(2).state_dict(), path)
+    embedder = CropEmbedder(model="cnn-small", weights=str(path), channels=("DNA", "AGP"),
+                            crop_size=16)
+    out = embedder(images, nuclei)
+    assert out.shape == (2, 128) and np.isfinite(out).all()
+    with pytest.warns(UserWarning, match="random"):
+        CropEmbedder(model="cnn-small", weights="random", channels=("DNA",), crop_size=16)
