@@ -216,7 +216,8 @@ def _images_parser(ingest_sub: Any) -> None:
     im.add_argument("--nuclei-channel", help="channel with the nuclei (DNA)")
     im.add_argument("--cell-channel", help="channel the cells are grown over (AGP)")
     im.add_argument(
-        "--measure", help="comma-separated: sizeshape,intensity,texture,granularity,radial,correlation"
+        "--measure",
+        help="comma-separated: sizeshape,intensity,texture,granularity,radial,correlation",
     )
     im.add_argument("--illum", choices=["none", "plate"], help="illumination correction")
     im.add_argument("--aggregate", choices=["median", "mean"], help="cells to wells")

@@ -249,7 +249,10 @@ class IngestImagesConfig:
         allowed = ("sizeshape", "intensity", "texture", "granularity", "radial", "correlation")
         bad = [m for m in self.measures if m not in allowed]
         if bad or (not self.measures and not self.embed):
-            msg = f"--measure {list(self.measures)}: {bad or 'none given'}; choose from {list(allowed)}"
+            msg = (
+                f"--measure {list(self.measures)}: {bad or 'none given'}; "
+                f"choose from {list(allowed)}"
+            )
             raise RaymmiError(msg)
         if not 0 < self.nuclei_min_diameter < self.nuclei_max_diameter:
             msg = (

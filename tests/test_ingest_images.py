@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +61,26 @@ def test_fields_to_cells_with_qc(fields, tmp_path):
     table = shard_set.read_table().to_pandas()
     m = shard_set.manifest
     assert m.kind == "plates" and m.num_rows == len(table) > 5
-    for column in ("Nuclei_AreaShape_Area", "Cells_Intensity_MeanIntensity_DNA",
-                   "Cytoplasm_Intensity_MeanIntensity_AGP", "Cells_AreaShape_Area"):
+    for column in (
+        "Nuclei_AreaShape_Area",
+        "Cells_Intensity_MeanIntensity_DNA",
+        "Cytoplasm_Intensity_MeanIntensity_AGP",
+        "Cells_AreaShape_Area",
+    ):
         assert column in m.features
-    assert {"Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber",
-            "Metadata_Nuclei_Location_Center_X"} <= set(m.metadata)
+    assert {
+        "Metadata_Plate",
+        "Metadata_Well",
+        "Metadata_Site",
+        "Metadata_ObjectNumber",
+        "Metadata_Nuclei_Location_Center_X",
+    } <= set(m.metadata)
     assert set(table.Metadata_Well) == {"A01", "A02"}  # the blank field gave no rows
     # cells are bigger than their nuclei, which hold the DNA
     assert (table.Cells_AreaShape_Area > table.Nuclei_AreaShape_Area).all()
-    assert (table.Nuclei_Intensity_MeanIntensity_DNA
-            > table.Cytoplasm_Intensity_MeanIntensity_DNA).all()
+    assert (
+        table.Nuclei_Intensity_MeanIntensity_DNA > table.Cytoplasm_Intensity_MeanIntensity_DNA
+    ).all()
     qc = pd.read_csv(out / "_field_qc.csv")
     assert len(qc) == 3
     blank = qc[qc.Metadata_Well == "B01"].iloc[0]
@@ -89,9 +98,23 @@ def test_chain_generate_aggregate_normalize_evaluate(tmp_path):
 
     load = _generate(tmp_path / "gen", plates=2, wells=8, sites=1, size=224)
     wells = tmp_path / "wells"
-    argv = ["ingest", "images", str(load), "--out", str(wells), "--nuclei-channel", "DNA",
-            "--cell-channel", "AGP", "--aggregate", "median", "--illum", "plate",
-            "--negcon", "Metadata_Treatment == 'DMSO'"]
+    argv = [
+        "ingest",
+        "images",
+        str(load),
+        "--out",
+        str(wells),
+        "--nuclei-channel",
+        "DNA",
+        "--cell-channel",
+        "AGP",
+        "--aggregate",
+        "median",
+        "--illum",
+        "plate",
+        "--negcon",
+        "Metadata_Treatment == 'DMSO'",
+    ]
     assert main([*argv, *FAST]) == 0
     table = open_shard_set(str(wells)).read_table().to_pandas()
     assert len(table) == 16 and table.Metadata_Object_Count.min() > 0
@@ -102,13 +125,33 @@ def test_chain_generate_aggregate_normalize_evaluate(tmp_path):
     control = table[table.Metadata_is_negcon].Nuclei_AreaShape_Area.median()
     assert 1.15 < treated / control < 1.6
     norm = tmp_path / "norm"
-    assert main(["normalize", str(wells), "--out", str(norm), "--method", "standardize",
-                 "--reference", "negcon", "--no-track", "--num-cpus", "2"]) == 0
+    assert (
+        main(
+            [
+                "normalize",
+                str(wells),
+                "--out",
+                str(norm),
+                "--method",
+                "standardize",
+                "--reference",
+                "negcon",
+                "--no-track",
+                "--num-cpus",
+                "2",
+            ]
+        )
+        == 0
+    )
     normalized = open_shard_set(str(norm)).read_table().to_pandas()
     dmso = normalized[normalized.Metadata_is_negcon]
     assert abs(float(dmso.Nuclei_AreaShape_Area.mean())) < 1e-4
-    report = evaluate_plates([str(wells), str(norm)], out=str(tmp_path / "eval"),
-                             label_key="Metadata_Treatment", sample=100)
+    report = evaluate_plates(
+        [str(wells), str(norm)],
+        out=str(tmp_path / "eval"),
+        label_key="Metadata_Treatment",
+        sample=100,
+    )
     assert len(report) == 2
 
 
@@ -164,9 +207,24 @@ def test_generate_refuses_existing(tmp_path, capsys):
 
 def test_embed_random_weights_through_actor_pool(fields, tmp_path):
     out = tmp_path / "emb"
-    argv = ["ingest", "images", str(fields), "--out", str(out), "--nuclei-channel", "DNA",
-            "--cell-channel", "AGP", "--embed", "cnn-small", "--weights", "random",
-            "--embed-only", "--crop-size", "32"]
+    argv = [
+        "ingest",
+        "images",
+        str(fields),
+        "--out",
+        str(out),
+        "--nuclei-channel",
+        "DNA",
+        "--cell-channel",
+        "AGP",
+        "--embed",
+        "cnn-small",
+        "--weights",
+        "random",
+        "--embed-only",
+        "--crop-size",
+        "32",
+    ]
     assert main([*argv, *FAST]) == 0
     table = open_shard_set(str(out)).read_table().to_pandas()
     dims = [c for c in table.columns if c.startswith("Embedding_")]

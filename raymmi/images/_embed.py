@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -35,9 +36,7 @@ def embedding_dim(model: str) -> int:
     return ARCHITECTURES[model]
 
 
-def crops(
-    images: Mapping[str, np.ndarray], nuclei: np.ndarray, *, size: int
-) -> np.ndarray:
+def crops(images: Mapping[str, np.ndarray], nuclei: np.ndarray, *, size: int) -> np.ndarray:
     """Square crops centred on each nucleus, channels stacked, zero outside the field.
 
     Parameters
@@ -63,7 +62,7 @@ def crops(
     x, y = object_centers(nuclei)
     out = np.empty((n, stack.shape[0], size, size), np.float32)
     for k in range(n):
-        r, c = int(round(y[k])), int(round(x[k]))
+        r, c = round(y[k]), round(x[k])
         out[k] = padded[:, r : r + size, c : c + size]
     return out
 
@@ -74,7 +73,7 @@ def build_cnn(in_channels: int):
 
     layers: list[nn.Module] = []
     widths = [in_channels, 32, 64, 128, 128]
-    for a, b in zip(widths[:-1], widths[1:], strict=True):
+    for a, b in pairwise(widths):
         layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.BatchNorm2d(b), nn.ReLU()]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers)

@@ -5,18 +5,14 @@ a label image and a pixel array) does the arithmetic; this module only chooses t
 runs them per compartment and channel, and renames their outputs to CellProfiler's column
 names so pycytominer and raymmi's own stages read the result unchanged:
 
-===============  ==========================================  =========================================
-measure          cp-measure output                            column
-===============  ==========================================  =========================================
-sizeshape        ``Area``, ``Zernike_2_0``, ``MaxFeretDiam.``  ``Nuclei_AreaShape_Area`` ...
-intensity        ``Intensity_MeanIntensity``                  ``Cells_Intensity_MeanIntensity_DNA``
-                 ``Location_CenterMassIntensity_X``           ``Cells_Location_CenterMassIntensity_X_DNA``
-texture          ``Contrast_3_00_256``                        ``Cells_Texture_Contrast_DNA_3_00_256``
-granularity      ``Granularity_3``                            ``Cells_Granularity_3_DNA``
-radial           ``RadialDistribution_FracAtD_1of4``          ``Cells_RadialDistribution_FracAtD_DNA_1of4``
-correlation      ``Correlation_Pearson`` / ``_Manders_1``     ``Cells_Correlation_Correlation_DNA_AGP``,
-                                                              ``..._Manders_DNA_AGP`` (``_2``: ``AGP_DNA``)
-===============  ==========================================  =========================================
+- ``sizeshape``: ``Area``, ``Zernike_2_0``, ``MaxFeretDiameter`` -> ``Nuclei_AreaShape_Area``;
+- ``intensity``: ``Intensity_MeanIntensity`` -> ``Cells_Intensity_MeanIntensity_DNA`` and
+  ``Location_CenterMassIntensity_X`` -> ``Cells_Location_CenterMassIntensity_X_DNA``;
+- ``texture``: ``Contrast_3_00_256`` -> ``Cells_Texture_Contrast_DNA_3_00_256``;
+- ``granularity``: ``Granularity_3`` -> ``Cells_Granularity_3_DNA``;
+- ``radial``: ``RadialDistribution_FracAtD_1of4`` -> ``Cells_RadialDistribution_FracAtD_DNA_1of4``;
+- ``correlation``: ``Correlation_Pearson`` -> ``Cells_Correlation_Correlation_AGP_DNA``;
+  ``Correlation_Manders_1`` / ``_2`` -> ``..._Manders_AGP_DNA`` / ``..._Manders_DNA_AGP``.
 
 Pure: arrays in, a dict of float arrays out. Pixels are expected scaled to 0-1 (as CellProfiler
 loads them); label images must be 1..n (every label present).

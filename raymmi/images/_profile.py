@@ -221,7 +221,9 @@ def profile_field(
         One row per cell (nucleus with a cell; nucleus alone without a cell channel).
     """
     if illum:
-        images = {c: (a / illum[c]).astype(np.float32) if c in illum else a for c, a in images.items()}
+        images = {
+            c: (a / illum[c]).astype(np.float32) if c in illum else a for c, a in images.items()
+        }
     if channels is not None:
         measured = {c: images[c] for c in channels}
     else:

@@ -154,7 +154,7 @@ def segment_nuclei(image: np.ndarray, *, config: SegmentConfig | None = None) ->
     if config.declump != "none":
         # CellProfiler's automatic settings: maxima at least min_diameter / 1.5 apart, a
         # declumping smoothing filter of 2.35 * min_diameter / 3.5 (as a sigma: / 2.35).
-        distance_min = max(1, int(round(config.nuclei_min_diameter / 1.5)))
+        distance_min = max(1, round(config.nuclei_min_diameter / 1.5))
         sigma = config.nuclei_min_diameter / 3.5
         if config.declump == "shape":
             surface = ndi.gaussian_filter(ndi.distance_transform_edt(mask), sigma / 2)

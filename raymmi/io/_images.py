@@ -143,7 +143,10 @@ def read_load_data(path: str | Path) -> list[FieldSpec]:
     header = [h.strip() for h in header]
     missing = [c for c in REQUIRED_METADATA if c not in header]
     if missing:
-        msg = f"LoadData CSV {str(path)!r} lacks {missing}; every field needs {list(REQUIRED_METADATA)}"
+        msg = (
+            f"LoadData CSV {str(path)!r} lacks {missing}; every field needs "
+            f"{list(REQUIRED_METADATA)}"
+        )
         raise RaymmiError(msg)
     channels = [h[len(FILE_PREFIX) :] for h in header if h.startswith(FILE_PREFIX)]
     objects = [h[len(OBJECTS_FILE_PREFIX) :] for h in header if h.startswith(OBJECTS_FILE_PREFIX)]
@@ -178,7 +181,10 @@ def read_load_data(path: str | Path) -> list[FieldSpec]:
         for column, name in zip(channels, names, strict=True):
             file_name = cell(FILE_PREFIX + column)
             if not file_name:
-                msg = f"LoadData row {number} ({metadata[PLATE]} {metadata[WELL]} site {metadata[SITE]}): FileName_{column} is empty"
+                msg = (
+                    f"LoadData row {number} ({metadata[PLATE]} {metadata[WELL]} site "
+                    f"{metadata[SITE]}): FileName_{column} is empty"
+                )
                 raise RaymmiError(msg)
             files[name] = _join(cell(PATH_PREFIX + column), file_name, base=base)
         masks = {}
@@ -241,7 +247,10 @@ def read_plane(path: str, *, what: str) -> np.ndarray:
         msg = f"{what}: {path!r} is not a readable TIFF ({err}); re-export or re-copy it"
         raise RaymmiError(msg) from err
     except Exception as err:  # tifffile raises TiffFileError, ValueError, struct.error ...
-        msg = f"{what}: {path!r} is not a readable TIFF ({type(err).__name__}: {err}); re-export or re-copy it"
+        msg = (
+            f"{what}: {path!r} is not a readable TIFF ({type(err).__name__}: {err}); "
+            "re-export or re-copy it"
+        )
         raise RaymmiError(msg) from err
     array = np.asarray(data)
     while array.ndim > 2 and array.shape[0] == 1:
@@ -316,13 +325,19 @@ def read_field(
     }
     shapes = {c: a.shape for c, a in images.items()}
     if len(set(shapes.values())) > 1:
-        msg = f"{where}: its channels differ in shape {shapes}; every channel of a field must be one size"
+        msg = (
+            f"{where}: its channels differ in shape {shapes}; every channel of a field must "
+            "be one size"
+        )
         raise RaymmiError(msg)
     masks = {o: read_plane(p, what=f"{where}, objects {o}") for o, p in spec.objects.items()}
     shape = next(iter(shapes.values()))
     bad = {o: m.shape for o, m in masks.items() if m.shape != shape}
     if bad:
-        msg = f"{where}: mask shape {bad} differs from the field's {shape}; masks must match their field"
+        msg = (
+            f"{where}: mask shape {bad} differs from the field's {shape}; masks must match "
+            "their field"
+        )
         raise RaymmiError(msg)
     return images, masks
 

@@ -43,6 +43,7 @@ from raymmi.track import tracked_run
 
 QC_COLUMN = "__field_qc"
 QC_FILE = "_field_qc.csv"
+QC_FIGURE = "_qc_field.png"
 OBJECT_COUNT = "Metadata_Object_Count"
 _FIELDS_PER_ILLUM_TASK = 16
 
@@ -84,7 +85,10 @@ class ImagePlan:
 
 def _check_channels(fields: Sequence[FieldSpec], config: IngestImagesConfig) -> tuple[str, ...]:
     channels = tuple(fields[0].channels)
-    for name, value in (("--nuclei-channel", config.nuclei_channel), ("--cell-channel", config.cell_channel)):
+    for name, value in (
+        ("--nuclei-channel", config.nuclei_channel),
+        ("--cell-channel", config.cell_channel),
+    ):
         if value is not None and value not in channels:
             msg = (
                 f"{name} {value!r} is not a channel of {config.load_data}; its channels are "
@@ -99,7 +103,10 @@ def _check_files_exist(fields: Sequence[FieldSpec]) -> None:
     by_fs: dict[Any, list[tuple[str, str, int]]] = defaultdict(list)
     fs_of: dict[Any, Any] = {}
     for spec in fields:
-        for what, path in [*spec.channels.items(), *(("objects " + k, v) for k, v in spec.objects.items())]:
+        for what, path in [
+            *spec.channels.items(),
+            *(("objects " + k, v) for k, v in spec.objects.items()),
+        ]:
             fs, local = resolve(path)
             key = type(fs).__name__
             fs_of[key] = fs
@@ -142,7 +149,10 @@ def _feature_names(profile: ProfileConfig, channels: Sequence[str]) -> tuple[lis
     cells[(yy - 30) ** 2 + (xx - 30) ** 2 < 300] = 1
     cells[((yy - 64) ** 2 + (xx - 66) ** 2 < 360) & (cells == 0)] = 2
     rng = np.random.default_rng(0)
-    images = {c: (0.2 + 0.5 * (cells > 0) + 0.05 * rng.random((96, 96))).astype(np.float32) for c in channels}
+    images = {
+        c: (0.2 + 0.5 * (cells > 0) + 0.05 * rng.random((96, 96))).astype(np.float32)
+        for c in channels
+    }
     masks = {"Nuclei": nuclei}
     if profile.cell_channel is not None:
         masks["Cells"] = cells
@@ -164,8 +174,7 @@ def _kept_metadata(fields: Sequence[FieldSpec], aggregate: str | None) -> tuple[
     return tuple(
         n
         for n in names
-        if n not in (SITE, NEGCON)
-        and all(len(v[n]) == 1 for v in values.values())
+        if n not in (SITE, NEGCON) and all(len(v[n]) == 1 for v in values.values())
     )
 
 
@@ -234,7 +243,10 @@ def _field_rows(
     result = profile_field(images, masks, config=plan.profile, illum=illum)
     n = result.n_cells
     frame = pd.DataFrame(
-        {name: result.columns.get(name, np.full(n, np.nan)) for name in (OBJECT_NUMBER, *plan.centers)}
+        {
+            name: result.columns.get(name, np.full(n, np.nan))
+            for name in (OBJECT_NUMBER, *plan.centers)
+        }
     )
     values = np.full((n, len(plan.features)), np.nan, dtype=np.float32)
     index = {f: i for i, f in enumerate(plan.features)}
@@ -408,7 +420,10 @@ def plan_images(config: IngestImagesConfig) -> tuple[list[FieldSpec], ImagePlan]
     channels = _check_channels(fields, config)
     for spec in fields:
         if tuple(spec.channels) != channels:
-            msg = f"LoadData row {spec.row} lists channels {list(spec.channels)}, not {list(channels)}"
+            msg = (
+                f"LoadData row {spec.row} lists channels {list(spec.channels)}, "
+                f"not {list(channels)}"
+            )
             raise RaymmiError(msg)
     _check_files_exist(fields)
     segment = SegmentConfig(
@@ -509,6 +524,14 @@ def ingest_images(
         _gather_user(lambda: ds.write_datasink(sink))
         qc = pd.DataFrame(sink.qc)
         _write_qc(writer.staging, qc)
+        figure = _qc_figure(fields[0], plan, illum_refs)
+        if figure is not None:
+            import posixpath
+
+            fs, base = resolve(writer.staging)
+            with fs.open_output_stream(posixpath.join(base, QC_FIGURE)) as handle:
+                figure.savefig(handle, format="png", dpi=100)
+            run.log_figure(figure, QC_FIGURE.lstrip("_"))
         summary = _qc_summary(qc)
         manifest = Manifest(
             kind="plates",
@@ -546,6 +569,30 @@ def ingest_images(
     return manifest
 
 
+def _qc_figure(spec: FieldSpec, plan: ImagePlan, illum_refs: dict[str, Any]) -> Any:
+    """The first field drawn with its objects (re-measured on the driver: one field)."""
+    from raymmi.images import find_objects
+    from raymmi.plots import field_qc_figure
+
+    images, masks = read_field(spec)
+    plate = spec.metadata[PLATE]
+    if plate in illum_refs:
+        illum = ray.get(illum_refs[plate])
+        images = {c: images[c] / illum[c] for c in images}
+    objects = find_objects(images, masks, config=plan.profile)
+    order = [
+        plan.profile.nuclei_channel,
+        *(c for c in plan.channels if c != plan.profile.nuclei_channel),
+    ]
+    return field_qc_figure(
+        images,
+        objects,
+        channels=order,
+        title=f"{plate} {spec.metadata[WELL]} site {spec.metadata[SITE]}: "
+        f"{int(objects['Nuclei'].max())} nuclei",
+    )
+
+
 def _write_qc(staging: str, qc: pd.DataFrame) -> None:
     import posixpath
 
@@ -571,7 +618,9 @@ def _qc_summary(qc: pd.DataFrame) -> dict[str, Any]:
 
 
 @ray.remote(num_cpus=1)
-def _generate_fields(spec: Any, keys: list[tuple[int, int, int]], root: str) -> list[dict[str, str]]:
+def _generate_fields(
+    spec: Any, keys: list[tuple[int, int, int]], root: str
+) -> list[dict[str, str]]:
     import posixpath
 
     from raymmi import testing

@@ -129,7 +129,9 @@ def generate_field(
         dy, dx = yy - cy, xx - cx
         u = dx * np.cos(t) + dy * np.sin(t)
         v = -dx * np.sin(t) + dy * np.cos(t)
-        nuclei[((u / (a / np.sqrt(e))) ** 2 + (v / (a * np.sqrt(e))) ** 2 <= 1) & (nuclei == 0)] = k
+        nuclei[
+            ((u / (a / np.sqrt(e))) ** 2 + (v / (a * np.sqrt(e))) ** 2 <= 1) & (nuclei == 0)
+        ] = k
     if centres:
         distance, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
         owner = nuclei[iy, ix]

@@ -15,8 +15,10 @@ def test_illumination_sums_merge_and_function():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]
     shading = 1.0 - 0.3 * ((yy - 32) ** 2 + (xx - 32) ** 2) / 2048
-    fields = [{"DNA": (0.2 * shading * (1 + 0.05 * rng.random((64, 64)))).astype(np.float32)}
-              for _ in range(6)]
+    fields = [
+        {"DNA": (0.2 * shading * (1 + 0.05 * rng.random((64, 64)))).astype(np.float32)}
+        for _ in range(6)
+    ]
     a, b = IllumSums(), IllumSums()
     for f in fields[:2]:
         a.add(f)
@@ -43,16 +45,29 @@ def test_cellprofiler_names_and_missing_objects():
     labels = np.zeros((40, 40), np.int32)
     labels[5:15, 5:15] = 1
     labels[20:30, 20:35] = 3  # label 2 absent: its row is NaN, label 3 stays at index 2
-    images = {"DNA": np.full((40, 40), 0.5, np.float32), "AGP": np.full((40, 40), 0.25, np.float32)}
-    out = measure_objects(labels, images, compartment="Cells",
-                          measures=("sizeshape", "intensity", "texture", "granularity", "radial", "correlation"))
-    for name in ("Cells_AreaShape_Area", "Cells_AreaShape_Zernike_0_0",
-                 "Cells_Intensity_MeanIntensity_DNA", "Cells_Location_CenterMassIntensity_X_AGP",
-                 "Cells_Texture_Contrast_DNA_3_00_256", "Cells_Granularity_1_AGP",
-                 "Cells_RadialDistribution_FracAtD_DNA_1of4",
-                 "Cells_RadialDistribution_ZernikeMagnitude_AGP_0_0",
-                 "Cells_Correlation_Correlation_AGP_DNA", "Cells_Correlation_Manders_DNA_AGP",
-                 "Cells_Correlation_Manders_AGP_DNA"):
+    images = {
+        "DNA": np.full((40, 40), 0.5, np.float32),
+        "AGP": np.full((40, 40), 0.25, np.float32),
+    }
+    out = measure_objects(
+        labels,
+        images,
+        compartment="Cells",
+        measures=("sizeshape", "intensity", "texture", "granularity", "radial", "correlation"),
+    )
+    for name in (
+        "Cells_AreaShape_Area",
+        "Cells_AreaShape_Zernike_0_0",
+        "Cells_Intensity_MeanIntensity_DNA",
+        "Cells_Location_CenterMassIntensity_X_AGP",
+        "Cells_Texture_Contrast_DNA_3_00_256",
+        "Cells_Granularity_1_AGP",
+        "Cells_RadialDistribution_FracAtD_DNA_1of4",
+        "Cells_RadialDistribution_ZernikeMagnitude_AGP_0_0",
+        "Cells_Correlation_Correlation_AGP_DNA",
+        "Cells_Correlation_Manders_DNA_AGP",
+        "Cells_Correlation_Manders_AGP_DNA",
+    ):
         assert name in out, name
         assert out[name].shape == (3,)
     area = out["Cells_AreaShape_Area"]
@@ -68,8 +83,9 @@ def test_profile_generated_field_and_qc():
     result = profile_field(images, config=config)
     assert 0 < result.n_cells <= drawn
     assert result.qc["Count_Cells"] == result.n_cells and not result.qc["blank"]
-    np.testing.assert_array_equal(result.columns["Metadata_ObjectNumber"],
-                                  np.arange(1, result.n_cells + 1))
+    np.testing.assert_array_equal(
+        result.columns["Metadata_ObjectNumber"], np.arange(1, result.n_cells + 1)
+    )
     median = np.median(result.columns["Nuclei_AreaShape_Area"])
     assert abs(median / testing._images.NUCLEUS_AREA - 1) < 0.3
     saturated = {"DNA": np.ones((32, 32), np.float32)}
@@ -85,15 +101,18 @@ def test_crops_and_embedder(tmp_path):
     nuclei = np.zeros((50, 50), np.int32)
     nuclei[1:4, 1:4] = 1  # at the corner: the crop is zero-padded
     nuclei[20:30, 20:30] = 2
-    images = {"DNA": np.where(nuclei > 0, 0.8, 0.1).astype(np.float32),
-              "AGP": np.full((50, 50), 0.3, np.float32)}
+    images = {
+        "DNA": np.where(nuclei > 0, 0.8, 0.1).astype(np.float32),
+        "AGP": np.full((50, 50), 0.3, np.float32),
+    }
     batch = crops(images, nuclei, size=16)
     assert batch.shape == (2, 2, 16, 16)
     assert batch[1, 0, 8, 8] == pytest.approx(0.8) and batch[0, 0, 0, 0] == 0
     path = tmp_path / "w.pt"
     torch.save(build_cnn(2).state_dict(), path)
-    embedder = CropEmbedder(model="cnn-small", weights=str(path), channels=("DNA", "AGP"),
-                            crop_size=16)
+    embedder = CropEmbedder(
+        model="cnn-small", weights=str(path), channels=("DNA", "AGP"), crop_size=16
+    )
     out = embedder(images, nuclei)
     assert out.shape == (2, 128) and np.isfinite(out).all()
     with pytest.warns(UserWarning, match="random"):

@@ -20,10 +20,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_file
 
 from raymmi.images import labels_from_mask, measure_objects, object_centers
 from raymmi.io._images import read_plane, scale_to_unit
-from conftest import shared_file
 
 NF1 = "cellpainting/images/NF1_cellpainting_data_shrunken"
 CHANNELS = ("DAPI", "GFP", "RFP")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_file
 
 from raymmi.images import (
     SegmentConfig,
@@ -22,7 +23,6 @@ from raymmi.images import (
     threshold,
 )
 from raymmi.io._images import read_plane, scale_to_unit
-from conftest import shared_file
 
 FIELDS = {
     # name: (folder, nuclei file, cell file, parquet, discard border cells)
@@ -117,7 +117,7 @@ def test_blank_field_has_no_nuclei():
 
 
 def test_cells_grow_from_nuclei_and_cytoplasm_is_the_rest():
-    image, truth = _disks(r=6)
+    image, _ = _disks(r=6)
     body, _ = _disks(r=14)
     nuclei = segment_nuclei(image, config=SegmentConfig(nuclei_min_diameter=4))
     cells = segment_cells(nuclei, body)
