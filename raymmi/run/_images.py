@@ -457,7 +457,7 @@ def plan_images(config: IngestImagesConfig) -> tuple[list[FieldSpec], ImagePlan]
                     channels=channels,
                     crop_size=config.crop_size,
                 )
-            except (OSError, RuntimeError, ValueError) as err:
+            except Exception as err:  # torch.load raises pickle, struct, zip errors
                 msg = (
                     f"--weights {config.weights!r} is not a {config.embed} state_dict for "
                     f"{len(channels)} channels ({type(err).__name__}: {str(err)[:200]})"
