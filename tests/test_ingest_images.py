@@ -89,6 +89,7 @@ def test_fields_to_cells_with_qc(fields, tmp_path):
     for _, row in qc[qc.Count_Cells > 0].iterrows():
         assert counts[row.Metadata_Well] == row.Count_Cells
     assert m.extra["field_qc"]["blank_fields"] == 1
+    assert (out / "_qc_field.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
