@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else X)",
     )
     _common(cells)
+    _images_parser(ingest_sub)
 
     norm = sub.add_parser("normalize", help="per-plate / global normalization of plates")
     norm.add_argument("source", nargs="?", help="plates shard set")
@@ -382,11 +383,108 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--peaks", type=int, help="ATAC peaks")
     gc.add_argument("--batches", type=int, help="batches")
     _common(gc)
+    _generate_images_parser(gen_sub)
 
     inspect = sub.add_parser("inspect", help="print a shard set's manifest summary")
     inspect.add_argument("source", help="shard set directory")
     inspect.add_argument("--verify", action="store_true", help="re-hash every file")
     return parser
+
+
+def _images_parser(ingest_sub: Any) -> None:
+    im = ingest_sub.add_parser("images", help="Cell Painting fields (LoadData CSV) to profiles")
+    im.add_argument("load_data", nargs="?", help="CellProfiler LoadData CSV, one row per field")
+    im.add_argument("--out", help="output shard set (one row per cell, or per well)")
+    im.add_argument("--nuclei-channel", help="channel with the nuclei (DNA)")
+    im.add_argument("--cell-channel", help="channel the cells are grown over (AGP)")
+    im.add_argument(
+        "--measure",
+        help="comma-separated: sizeshape,intensity,texture,granularity,radial,correlation",
+    )
+    im.add_argument("--illum", choices=["none", "plate"], help="illumination correction")
+    im.add_argument("--aggregate", choices=["median", "mean"], help="cells to wells")
+    im.add_argument("--negcon", help="pandas query over the LoadData metadata: negative controls")
+    im.add_argument("--nuclei-diameter", help="MIN,MAX nucleus diameter in pixels (8,80)")
+    im.add_argument("--threshold", choices=["otsu", "otsu3", "li"], help="threshold method")
+    im.add_argument(
+        "--discard-border-cells", action="store_true", default=None, help="drop edge cells"
+    )
+    im.add_argument("--embed", help="CNN for per-cell crop embeddings (Embedding_<i> columns)")
+    im.add_argument("--weights", help="weights file of --embed (or 'random', tests only)")
+    im.add_argument("--crop-size", type=int, help="side of the per-cell crops (64)")
+    im.add_argument("--embed-only", action="store_true", default=None, help="no measurements")
+    im.add_argument("--workers", type=int, help="fields measured at once (default: CPUs)")
+    _common(im)
+
+
+def _generate_images_parser(gen_sub: Any) -> None:
+    gi = gen_sub.add_parser("images", help="synthetic Cell Painting fields (TIFFs + LoadData)")
+    gi.add_argument("--out", required=True, help="folder for the TIFFs and load_data.csv")
+    gi.add_argument("--seed", type=int, default=0)
+    gi.add_argument("--plates", type=int, default=1, help="plates")
+    gi.add_argument("--wells", type=int, default=4, help="wells per plate")
+    gi.add_argument("--sites", type=int, default=2, help="fields per well")
+    gi.add_argument("--size", type=int, default=256, help="field side in pixels")
+    _common(gi)
+
+
+def _ingest_images(args: argparse.Namespace) -> int:
+    from raymmi import run
+    from raymmi.config import IngestImagesConfig
+
+    diameters: dict[str, Any] = {}
+    if args.nuclei_diameter:
+        try:
+            lo, hi = (float(v) for v in args.nuclei_diameter.split(","))
+        except ValueError as err:
+            msg = f"--nuclei-diameter {args.nuclei_diameter!r} must be MIN,MAX, e.g. 8,80"
+            raise RaymmiError(msg) from err
+        diameters = {"nuclei_min_diameter": lo, "nuclei_max_diameter": hi}
+    flags = {
+        "load_data": args.load_data,
+        "out": args.out,
+        "nuclei_channel": args.nuclei_channel,
+        "cell_channel": args.cell_channel,
+        "measures": None if args.measure is None else [m for m in args.measure.split(",") if m],
+        "illum": args.illum,
+        "aggregate": args.aggregate,
+        "negcon": args.negcon,
+        "threshold": args.threshold,
+        "discard_border_cells": args.discard_border_cells,
+        "embed": args.embed,
+        "weights": args.weights,
+        "crop_size": args.crop_size,
+        "embed_only": args.embed_only,
+        "workers": args.workers,
+        "overwrite": args.overwrite,
+        **diameters,
+    }
+    config = _settings(IngestImagesConfig, args, flags, where="ingest images")
+    manifest = run.ingest_images(config, ray_config=_ray(args), tracking=_tracking(args))
+    qc = manifest.extra["field_qc"]
+    print(
+        f"wrote {manifest.num_rows} rows ({qc['cells']} cells from {qc['fields']} fields, "
+        f"{qc['blank_fields']} blank), {len(manifest.features)} features to {config.out}; "
+        f"per-field QC in {config.out}/_field_qc.csv"
+    )
+    return 0
+
+
+def _generate_images(args: argparse.Namespace) -> int:
+    from raymmi import run
+
+    path = run.generate_images(
+        out=args.out,
+        plates=args.plates,
+        wells=args.wells,
+        sites=args.sites,
+        size=args.size,
+        seed=args.seed,
+        overwrite=bool(args.overwrite),
+        ray_config=_ray(args),
+    )
+    print(f"wrote {args.plates * args.wells * args.sites} fields; LoadData CSV: {path}")
+    return 0
 
 
 def _settings(cls: type[T], args: argparse.Namespace, flags: dict[str, Any], *, where: str) -> T:
@@ -411,6 +509,8 @@ def _tracking(args: argparse.Namespace) -> TrackingConfig:
 def _ingest(args: argparse.Namespace) -> int:
     from raymmi import run
 
+    if args.kind == "images":
+        return _ingest_images(args)
     if args.kind == "plates":
         config = _settings(
             IngestPlatesConfig,
@@ -576,6 +676,8 @@ def _export(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from raymmi import run, testing
 
+    if args.kind == "images":
+        return _generate_images(args)
     if args.kind == "plates":
         flags = {
             "seed": args.seed,

@@ -184,6 +184,7 @@ def run_demo(
     outputs.update(_train_models(root, outputs, small=small, kw=kw))
     outputs.update(_search(root, outputs, small=small, kw=kw))
     outputs.update(_tasks(root, outputs, kw=kw))
+    outputs.update(_images(root, small=small, kw=kw))
 
     _step("export")
     exports = {}
@@ -368,3 +369,94 @@ def _search(
     if outcome.parent_run_id:
         print(f"MLflow parent run: {outcome.parent_run_id} ({outcome.tracking_uri})")
     return {"tune ae": target}
+
+
+NF1_FIELDS = "cellpainting/images/NF1_cellpainting_data_shrunken"
+
+
+def _images(root: Path, *, small: bool, kw: dict[str, Any]) -> dict[str, str]:
+    """Fields to profiles: the real NF1 fields on CellProfiler's masks, a generated plate."""
+    import csv
+
+    from raymmi.config import IngestImagesConfig
+
+    done: dict[str, str] = {}
+    if testing.has_shared_data(NF1_FIELDS):
+        _step("ingest images: the five real NF1 fields, measured on CellProfiler's own masks")
+        folder = testing.shared_data(NF1_FIELDS)
+        load = root / "nf1_load_data.csv"
+        with load.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(
+                ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+                + [f"{p}_{c}" for c in ("DAPI", "GFP", "RFP") for p in ("FileName", "PathName")]
+                + [
+                    f"Objects{p}_{o}"
+                    for o in ("Nuclei", "Cells")
+                    for p in ("FileName", "PathName")
+                ]
+            )
+            for dapi in sorted((folder / "Plate_2_images").glob("*_DAPI_001.tif")):
+                well, _, _, site = dapi.name.split("_")[:4]
+                names = {
+                    c: next((folder / "Plate_2_images").glob(f"{well}_01_*_{c}_001.tif"))
+                    for c in ("DAPI", "GFP", "RFP")
+                }
+                masks = folder / "Plate_2_masks"
+                writer.writerow(
+                    ["Plate_2", well, site]
+                    + [
+                        v
+                        for c in ("DAPI", "GFP", "RFP")
+                        for v in (names[c].name, str(names[c].parent))
+                    ]
+                    + [f"{dapi.stem}_MaskNuclei.tiff", str(masks)]
+                    + [f"{names['RFP'].stem}_MaskCells.tiff", str(masks)]
+                )
+        target = str(root / "nf1_fields_profiles")
+        manifest = run.ingest_images(
+            IngestImagesConfig(
+                load_data=str(load),
+                out=target,
+                nuclei_channel="DAPI",
+                cell_channel="RFP",
+                measures=("sizeshape", "intensity"),
+                overwrite=True,
+            ),
+            **kw,
+        )
+        print(
+            f"{manifest.num_rows} cells x {len(manifest.features)} features; "
+            f"QC {manifest.extra['field_qc']}"
+        )
+        done["NF1 fields profiles"] = target
+    _step("generate images (1 plate x 8 wells) -> ingest images --aggregate median -> normalize")
+    load_g = run.generate_images(
+        out=str(root / "fields_generated"),
+        wells=8,
+        sites=1 if small else 2,
+        size=224,
+        overwrite=True,
+        ray_config=kw["ray_config"],
+    )
+    wells = str(root / "fields_generated_wells")
+    manifest = run.ingest_images(
+        IngestImagesConfig(
+            load_data=load_g,
+            out=wells,
+            nuclei_channel="DNA",
+            cell_channel="AGP",
+            measures=("sizeshape", "intensity"),
+            aggregate="median",
+            illum="plate",
+            negcon="Metadata_Treatment == 'DMSO'",
+            overwrite=True,
+        ),
+        **kw,
+    )
+    print(f"{manifest.num_rows} wells from {manifest.extra['field_qc']['cells']} cells")
+    normalized = f"{wells}_standardize"
+    run.normalize(NormalizeConfig(source=wells, out=normalized, overwrite=True), **kw)
+    done["generated fields wells"] = wells
+    done["generated fields wells standardize"] = normalized
+    return done

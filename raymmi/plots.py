@@ -567,3 +567,46 @@ def parallel_coordinates(
     best = " (red: the best)" if highlight is not None and 0 <= highlight < len(data) else ""
     ax.set_title(title or f"{len(data)} configurations{best}", fontsize=9)
     return fig
+
+
+def field_qc_figure(
+    images: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    *,
+    channels: Sequence[str] | None = None,
+    title: str = "",
+) -> Figure:
+    """One field as colours with its objects outlined, as one checks a segmentation by eye.
+
+    Parameters
+    ----------
+    images
+        Channel to float array of shape (height, width), values 0-1.
+    labels
+        ``Nuclei`` (outlined white) and optionally ``Cells`` (outlined yellow): int labels.
+    channels
+        Up to three channels shown as blue, green, red (default: the first three, DNA first).
+    title
+        Figure title.
+    """
+    from skimage.segmentation import find_boundaries
+
+    names = list(channels or images)[:3]
+    h, w = next(iter(images.values())).shape
+    rgb = np.zeros((h, w, 3), np.float32)
+    for channel, slot in zip(names, (2, 1, 0), strict=False):
+        plane = images[channel].astype(np.float32)
+        lo, hi = np.percentile(plane, [1, 99.5])
+        rgb[..., slot] = np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1)
+    if "Cells" in labels:
+        rgb[find_boundaries(labels["Cells"], mode="inner")] = (1.0, 1.0, 0.0)
+    if "Nuclei" in labels:
+        rgb[find_boundaries(labels["Nuclei"], mode="inner")] = (1.0, 1.0, 1.0)
+    fig = _figure(6, 6 * h / max(w, 1) + 0.4)
+    ax = fig.add_subplot()
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_axis_off()
+    colours = ", ".join(f"{c} {k}" for c, k in zip(names, ("blue", "green", "red"), strict=False))
+    n = int(labels["Nuclei"].max()) if "Nuclei" in labels else 0
+    ax.set_title(title or f"{colours}; {n} nuclei (white), cells (yellow)", fontsize=9)
+    return fig

@@ -108,6 +108,17 @@ def smoke_argv(stage: str, out: str | None) -> list[str]:
             *("--set", "model.z_dim=4", "--set", "model.hidden=[32,8]"),
             *("--set", "model.chromosome_widths=[4,2]", "--set", "optim.batch_size=100"),
         ]
+    if stage == "ingest images":
+        from raymmi import run
+
+        load = run.generate_images(
+            out=str(root / "fields"), wells=2, sites=1, size=192, overwrite=True
+        )
+        return [
+            *("ingest", "images", load, "--out", str(root / "cells"), "--overwrite"),
+            *("--nuclei-channel", "DNA", "--cell-channel", "AGP"),
+            *("--measure", "sizeshape,intensity"),
+        ]
     msg = f"no smoke test for stage {stage!r}"
     raise ValueError(msg)
 
@@ -126,4 +137,4 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
         return raymmi_main(smoke_argv(stage, args.out))
     if args.out is not None:
         rest += ["--out", args.out]
-    return raymmi_main([stage, *rest])
+    return raymmi_main([*stage.split(), *rest])

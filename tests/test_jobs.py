@@ -72,3 +72,10 @@ def test_evaluate_cli_bad_input(tmp_path, capsys):
     assert main(["evaluate", "plates", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_ingest_images_job_smoke_test(tmp_path):
+    assert _job("ingest_images").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    manifest = open_shard_set(str(tmp_path / "cells")).manifest
+    assert manifest.num_rows > 0 and "Nuclei_AreaShape_Area" in manifest.features

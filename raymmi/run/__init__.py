@@ -4,6 +4,7 @@ from raymmi.run._cells import generate_cells, ingest_cells
 from raymmi.run._datasets import read_dataset
 from raymmi.run._evaluate import evaluate_plates, summary_text
 from raymmi.run._export import export
+from raymmi.run._images import generate_images, ingest_images
 from raymmi.run._normalize import normalize
 from raymmi.run._plates import generate_plates, ingest_plates
 from raymmi.run._preprocess import preprocess_cells
@@ -19,8 +20,10 @@ __all__ = [
     "export",
     "gather",
     "generate_cells",
+    "generate_images",
     "generate_plates",
     "ingest_cells",
+    "ingest_images",
     "ingest_plates",
     "init_ray",
     "normalize",

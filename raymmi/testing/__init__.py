@@ -108,6 +108,11 @@ from raymmi.testing._common import (
     shared_data,
     shared_data_root,
 )
+from raymmi.testing._images import (
+    FieldSetSpec,
+    field_metadata,
+    generate_field,
+)
 from raymmi.testing._plate_generation import (
     generate_plate,
     generate_plates,
@@ -191,13 +196,16 @@ __all__ = [
     "SITE_NOISE_SD",
     "STATE_LOADING_SD",
     "CellSetSpec",
+    "FieldSetSpec",
     "PlateSetSpec",
     "SpecError",
     "active_compounds",
     "cell_cycle_genes",
     "feature_names",
+    "field_metadata",
     "gene_names",
     "generate_cells",
+    "generate_field",
     "generate_plate",
     "generate_plates",
     "has_shared_data",

@@ -1,0 +1,111 @@
+"""Benchmark: `raymmi ingest images` against a plain one-process loop of the same work.
+
+    python jobs/bench_images.py [--fields 8] [--size 512] [--measure sizeshape,intensity]
+                                [--embed] [--smoke-test]
+
+Generates ``--fields`` and 10 x ``--fields`` synthetic fields (``raymmi generate images``), then
+for each size times
+
+* ``loop``: one process reading every field, segmenting and measuring it with the same pure
+  functions (:func:`raymmi.images.profile_field`), no Ray, no output (the baseline);
+* ``raymmi``: :func:`raymmi.run.ingest_images` on the already-started local Ray (Ray Data,
+  bounded concurrency, QC, parts, manifest; no MLflow),
+
+with fields/s, cells/s, the ratio raymmi / loop, and the peak RSS above idle of the Ray
+workers (summed; sampled every 20 ms), which should stay flat between the two sizes. The last
+line projects the hours of one 384-well x 9-site plate (3,456 fields of ``--size``) on one
+16-core node from raymmi's per-core field rate. ``--embed`` adds a run with ``--embed
+cnn-small --weights random`` (CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _benchlib import PeakSampler
+
+from raymmi.config import IngestImagesConfig, RayConfig, TrackingConfig
+from raymmi.images import ProfileConfig, profile_field
+from raymmi.io._images import read_field, read_load_data
+from raymmi.run import generate_images, ingest_images, init_ray
+
+
+def _loop(load: str, measures: tuple[str, ...]) -> tuple[float, int]:
+    config = ProfileConfig(nuclei_channel="DNA", cell_channel="AGP", measures=measures)
+    start = time.perf_counter()
+    cells = 0
+    for spec in read_load_data(load):
+        images, masks = read_field(spec)
+        cells += profile_field(images, masks, config=config).n_cells
+    return time.perf_counter() - start, cells
+
+
+def _raymmi(load: str, out: str, measures: tuple[str, ...], embed: bool) -> tuple[float, int]:
+    extra = {"embed": "cnn-small", "weights": "random"} if embed else {}
+    config = IngestImagesConfig(
+        load_data=load,
+        out=out,
+        nuclei_channel="DNA",
+        cell_channel="AGP",
+        measures=measures,
+        overwrite=True,
+        **extra,
+    )
+    start = time.perf_counter()
+    manifest = ingest_images(config, tracking=TrackingConfig(enabled=False))
+    return time.perf_counter() - start, manifest.num_rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fields", type=int, default=8, help="smaller size (x10 the larger)")
+    parser.add_argument("--size", type=int, default=512, help="field side in pixels")
+    parser.add_argument("--measure", default="sizeshape,intensity")
+    parser.add_argument("--embed", action="store_true", help="also time --embed cnn-small")
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--smoke-test", action="store_true", help="2 and 4 fields of 192 px")
+    args = parser.parse_args(argv)
+    sizes = [2, 4] if args.smoke_test else [args.fields, 10 * args.fields]
+    side = 192 if args.smoke_test else args.size
+    measures = tuple(m for m in args.measure.split(",") if m)
+    resources = init_ray(RayConfig(num_cpus=args.num_cpus))
+    cpus = int(resources.get("CPU", 1))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
+        for n in sizes:
+            wells = max(1, n // 2)
+            load = generate_images(
+                out=f"{tmp}/f{n}", wells=wells, sites=n // wells, size=side, overwrite=True
+            )
+            n_fields = len(read_load_data(load))
+            loop_s, loop_cells = _loop(load, measures)
+            runs = [("raymmi", False)] + ([("raymmi --embed", True)] if args.embed else [])
+            for name, embed in runs:
+                with PeakSampler() as peak:
+                    ray_s, cells = _raymmi(load, f"{tmp}/out{n}", measures, embed)
+                rows.append((n_fields, name, ray_s, cells, loop_s, loop_cells, peak.growth_mib))
+    print(f"\n{cpus} CPUs, fields of {side} x {side}, measures {','.join(measures)}")
+    header = "fields  run              raymmi s  fields/s  cells/s  loop s  loop fields/s"
+    print(header + "  speedup  workers peak MiB")
+    for n, name, ray_s, cells, loop_s, _, mib in rows:
+        print(
+            f"{n:6d}  {name:15s}  {ray_s:8.1f}  {n / ray_s:8.2f}  {cells / ray_s:7.1f}  "
+            f"{loop_s:6.1f}  {n / loop_s:13.2f}  {loop_s / ray_s:7.2f}  {mib:16.0f}"
+        )
+    n, _, ray_s, *_ = rows[-1] if not args.embed else rows[-2]
+    per_core = n / ray_s / cpus
+    plate = 384 * 9
+    print(
+        f"projected one 384-well x 9-site plate ({plate} fields of {side} px) on 16 cores: "
+        f"{plate / (per_core * 16) / 3600:.2f} h (raymmi's {per_core:.3f} fields/s per core)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())

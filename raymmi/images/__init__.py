@@ -1,0 +1,43 @@
+"""Pure per-field image ops: segmentation, CellProfiler measurements, QC, illumination, crops.
+
+No Ray, no MLflow, no file I/O (TIFF and LoadData reading live in :mod:`raymmi.io`).
+"""
+
+from raymmi.images._measure import MEASURES, check_measures, measure_objects, object_centers
+from raymmi.images._profile import (
+    COMPARTMENTS,
+    OBJECT_NUMBER,
+    FieldProfile,
+    ProfileConfig,
+    field_qc,
+    find_objects,
+    profile_field,
+)
+from raymmi.images._segment import (
+    SegmentConfig,
+    cytoplasm,
+    labels_from_mask,
+    segment_cells,
+    segment_nuclei,
+    threshold,
+)
+
+__all__ = [
+    "COMPARTMENTS",
+    "MEASURES",
+    "OBJECT_NUMBER",
+    "FieldProfile",
+    "ProfileConfig",
+    "SegmentConfig",
+    "check_measures",
+    "cytoplasm",
+    "field_qc",
+    "find_objects",
+    "labels_from_mask",
+    "measure_objects",
+    "object_centers",
+    "profile_field",
+    "segment_cells",
+    "segment_nuclei",
+    "threshold",
+]

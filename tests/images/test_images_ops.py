@@ -1,0 +1,119 @@
+"""Pure per-field ops: illumination functions, QC, measurement names, profile_field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raymmi import testing
+from raymmi.images import ProfileConfig, field_qc, measure_objects, profile_field
+from raymmi.images._illum import IllumSums, illumination_function, illumination_functions
+from raymmi.io._images import scale_to_unit
+
+
+def test_illumination_sums_merge_and_function():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    shading = 1.0 - 0.3 * ((yy - 32) ** 2 + (xx - 32) ** 2) / 2048
+    fields = [
+        {"DNA": (0.2 * shading * (1 + 0.05 * rng.random((64, 64)))).astype(np.float32)}
+        for _ in range(6)
+    ]
+    a, b = IllumSums(), IllumSums()
+    for f in fields[:2]:
+        a.add(f)
+    for f in fields[2:]:
+        b.add(f)
+    merged = a.merge(b)
+    whole = IllumSums()
+    for f in fields:
+        whole.add(f)
+    assert merged.count == 6
+    np.testing.assert_allclose(merged.sums["DNA"], whole.sums["DNA"])
+    illum = illumination_functions(merged)["DNA"]
+    assert illum.min() >= 1.0 and illum.dtype == np.float32
+    # dividing by it flattens the shading: corner and centre agree within a few percent
+    corrected = fields[0]["DNA"] / illum
+    assert abs(corrected[2:6, 2:6].mean() / corrected[30:34, 30:34].mean() - 1) < 0.05
+    assert abs(fields[0]["DNA"][2:6, 2:6].mean() / fields[0]["DNA"][30:34, 30:34].mean() - 1) > 0.2
+    assert np.all(illumination_function(np.zeros((8, 8))) == 1)
+    with pytest.raises(ValueError, match="at least one field"):
+        illumination_functions(IllumSums())
+
+
+def test_cellprofiler_names_and_missing_objects():
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:15, 5:15] = 1
+    labels[20:30, 20:35] = 3  # label 2 absent: its row is NaN, label 3 stays at index 2
+    images = {
+        "DNA": np.full((40, 40), 0.5, np.float32),
+        "AGP": np.full((40, 40), 0.25, np.float32),
+    }
+    out = measure_objects(
+        labels,
+        images,
+        compartment="Cells",
+        measures=("sizeshape", "intensity", "texture", "granularity", "radial", "correlation"),
+    )
+    for name in (
+        "Cells_AreaShape_Area",
+        "Cells_AreaShape_Zernike_0_0",
+        "Cells_Intensity_MeanIntensity_DNA",
+        "Cells_Location_CenterMassIntensity_X_AGP",
+        "Cells_Texture_Contrast_DNA_3_00_256",
+        "Cells_Granularity_1_AGP",
+        "Cells_RadialDistribution_FracAtD_DNA_1of4",
+        "Cells_RadialDistribution_ZernikeMagnitude_AGP_0_0",
+        "Cells_Correlation_Correlation_AGP_DNA",
+        "Cells_Correlation_Manders_DNA_AGP",
+        "Cells_Correlation_Manders_AGP_DNA",
+    ):
+        assert name in out, name
+        assert out[name].shape == (3,)
+    area = out["Cells_AreaShape_Area"]
+    assert area[0] == 100 and np.isnan(area[1]) and area[2] == 150
+    assert out["Cells_Intensity_MeanIntensity_AGP"][2] == pytest.approx(0.25)
+
+
+def test_profile_generated_field_and_qc():
+    spec = testing.FieldSetSpec(size=256)
+    planes, drawn = testing.generate_field(spec, 0, 0, 0)
+    images = {c: scale_to_unit(p) for c, p in planes.items()}
+    config = ProfileConfig(nuclei_channel="DNA", cell_channel="AGP", measures=("sizeshape",))
+    result = profile_field(images, config=config)
+    assert 0 < result.n_cells <= drawn
+    assert result.qc["Count_Cells"] == result.n_cells and not result.qc["blank"]
+    np.testing.assert_array_equal(
+        result.columns["Metadata_ObjectNumber"], np.arange(1, result.n_cells + 1)
+    )
+    median = np.median(result.columns["Nuclei_AreaShape_Area"])
+    assert abs(median / testing._images.NUCLEUS_AREA - 1) < 0.3
+    saturated = {"DNA": np.ones((32, 32), np.float32)}
+    qc = field_qc(saturated, nuclei_channel="DNA", objects={"Nuclei": np.zeros((32, 32), int)})
+    assert qc["Saturation_DNA"] == 1.0 and qc["blank"] and qc["Count_Cells"] == 0
+
+
+def test_crops_and_embedder(tmp_path):
+    import torch
+
+    from raymmi.images._embed import CropEmbedder, build_cnn, crops
+
+    nuclei = np.zeros((50, 50), np.int32)
+    nuclei[1:4, 1:4] = 1  # at the corner: the crop is zero-padded
+    nuclei[20:30, 20:30] = 2
+    images = {
+        "DNA": np.where(nuclei > 0, 0.8, 0.1).astype(np.float32),
+        "AGP": np.full((50, 50), 0.3, np.float32),
+    }
+    batch = crops(images, nuclei, size=16)
+    assert batch.shape == (2, 2, 16, 16)
+    assert batch[1, 0, 8, 8] == pytest.approx(0.8) and batch[0, 0, 0, 0] == 0
+    path = tmp_path / "w.pt"
+    torch.save(build_cnn(2).state_dict(), path)
+    embedder = CropEmbedder(
+        model="cnn-small", weights=str(path), channels=("DNA", "AGP"), crop_size=16
+    )
+    out = embedder(images, nuclei)
+    assert out.shape == (2, 128) and np.isfinite(out).all()
+    with pytest.warns(UserWarning, match="random"):
+        CropEmbedder(model="cnn-small", weights="random", channels=("DNA",), crop_size=16)
