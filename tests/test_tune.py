@@ -289,3 +289,49 @@ def test_bad_input_is_refused_before_any_trial(multiome, tmp_path, capsys):
     assert "scored once after training" in run(
         ok, "--metric", "ari", "--mode", "max", "--label-key", "cell_type"
     )
+
+
+@pytest.mark.slow
+def test_in_process_trial_trains_what_raymmi_train_trains(multiome, tmp_path):
+    """One loop: a one-worker `raymmi train` run and an in-process trial give the same model.
+
+    Without a shuffle buffer both read the cells in file order, so the same config and seed
+    give the same batches; ~50 s (the Train run's start-up), the trial ~2 s.
+    """
+    import dataclasses
+
+    import torch
+
+    from raymmi.run import train
+    from raymmi.run._train import plan_training
+    from raymmi.run._tune_inprocess import train_in_process, trial_data, trial_plan
+
+    config = TrainConfig(
+        model_name="sailerx",
+        data=multiome,
+        out=str(tmp_path / "train"),
+        model=SAILERX,
+        optim=OptimConfig(epochs=2, batch_size=64, lr=1e-3, shuffle_buffer=0, seed=7),
+        label_key="cell_type",
+        impute=False,
+        embed=False,
+        cpus_per_worker=1.0,
+    )
+    metrics = train(config, tracking=TrackingConfig(enabled=False))
+    weights = torch.load(tmp_path / "train" / "model.pt", weights_only=True)
+
+    plan, shard, extra = plan_training(config)
+    data = trial_data(plan, shard, extra)
+    trial = dataclasses.replace(trial_plan(plan, config), threads=1)
+    run = train_in_process(trial, data, tmp_path / "trial", config={})
+    assert set(run.state_dict) == set(weights)
+    for key, value in weights.items():
+        torch.testing.assert_close(run.state_dict[key], value, rtol=1e-6, atol=1e-7)
+    for key in ("train_loss", "train_local", "val_loss", "val_ari", "val_nmi"):
+        assert run.metrics[key] == pytest.approx(metrics[key], rel=1e-6), key
+    assert len(run.history) == 2
+    # a folder holding the trial's last checkpoint resumes from it: nothing left to train
+    again = train_in_process(trial, data, tmp_path / "trial", config={})
+    assert again.start_epoch == 2
+    for key, value in weights.items():
+        torch.testing.assert_close(again.state_dict[key], value, rtol=1e-6, atol=1e-7)

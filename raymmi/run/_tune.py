@@ -1,19 +1,29 @@
-"""``raymmi tune MODEL``: hyperparameter searches of Ray Train runs with Ray Tune.
+"""``raymmi tune MODEL``: hyperparameter searches of ``raymmi train`` runs with Ray Tune.
 
-Every trial is a real ``raymmi train`` run (:func:`raymmi.run._train.train`) inside a Tune
-function trainable: its Train run reports every epoch through a ``TuneReportCallback``, so
-ASHA can stop it early. Trial drivers ask for 0.1 CPU and Train workers for a share of what is
-left after one CPU stays free for the Ray Data read tasks (each asks for a whole CPU: without it
-trials hold every CPU and wait forever for data, RAY_NOTES "Ray Tune").
+Two kinds of trials, one training loop (:func:`raymmi.run._train_loop.fit_epochs`):
+
+- **In-process** (one worker, the default): the Tune function trainable trains in its own
+  process (:mod:`raymmi.run._tune_inprocess`): no ``TorchTrainer``, no Train controller, no
+  worker group. The driver decodes the cells once and hands them to every trial through the
+  object store (``tune.with_parameters``); trial actors are reused (``reuse_actors``), each
+  trial asks for ``--cpus-per-trial`` (default 1) and ``--gpus-per-trial`` (fractional), and
+  the driver checks that a trial fits a node before anything starts.
+- **Ray Train** (``--workers N > 1``, ``--trial-embeddings``, or cells too large to decode
+  into a quarter of the object store): every trial is a real ``raymmi train`` run
+  (:func:`raymmi.run._train.train`) inside a function trainable; its Train run reports every
+  epoch through a ``TuneReportCallback``. Trial drivers ask for 0.1 CPU and Train workers for
+  a share of what is left after one CPU stays free for the Ray Data read tasks (each asks for
+  a whole CPU: without it trials hold every CPU and wait forever for data).
 
 Seeds are a dimension: with ``seeds=K`` each configuration trains K times (``optim.seed``,
 ``+1`` ...); Optuna sees one score per configuration, the mean over its seeds (Ray Tune's
 ``Repeater``), and ``results.csv`` ranks configurations by that mean with its spread.
 
 MLflow: one parent run per search, created by the driver before any trial (a fresh SQLite
-store created by several trials at once fails), one nested run per trial (the trainer's run,
-tagged ``mlflow.parentRunId``), and on the parent the results table, the best config as YAML,
-a heatmap of the metric over two parameters and a parallel-coordinates plot.
+store created by several trials at once fails), one nested run per trial (tagged
+``mlflow.parentRunId``; in-process trials log it with a few ``log_batch`` calls through one
+client per process, :mod:`raymmi.track`), and on the parent the results table, the best
+config as YAML, a heatmap of the metric over two parameters and a parallel-coordinates plot.
 
 ``resume=True`` continues an interrupted search from Ray Tune's experiment state under
 ``OUT/tune``: finished trials keep their results (a trial whose training had finished replays
@@ -38,6 +48,7 @@ import yaml
 from raymmi import models
 from raymmi.config import RayConfig, TrackingConfig, TrainConfig, to_dict
 from raymmi.run._tune_callbacks import _callbacks
+from raymmi.run._tune_inprocess import MEMORY_SHARE, TrialData, trial_data
 from raymmi.run._tune_mlflow import (
     _close_orphaned_children,
     _log_inputs,
@@ -49,8 +60,10 @@ from raymmi.run._tune_plan import (
     DRIVER_CPU,
     SCORES,
     ResourcePlan,
+    TrialResources,
     check_metric,
     plan_resources,
+    plan_trials,
     reported_metrics,
 )
 from raymmi.run._tune_tables import (
@@ -60,7 +73,14 @@ from raymmi.run._tune_tables import (
     heatmap_axes,
     trial_table,
 )
-from raymmi.run._tune_trial import _encode, _run_trial, _Setup, _trial_dirname, trial_params
+from raymmi.run._tune_trial import (
+    _encode,
+    _run_inprocess_trial,
+    _run_trial,
+    _Setup,
+    _trial_dirname,
+    trial_params,
+)
 from raymmi.schema import RaymmiError
 from raymmi.track import tracking_uri
 from raymmi.tune_space import (
@@ -271,19 +291,54 @@ def tune(
         name = saved["name"]
 
     resources = init_ray(ray_config)
-    plan = plan_resources(
-        float(resources.get("CPU", 1)),
-        workers=base.workers,
-        cpus_per_worker=base.cpus_per_worker,
-        max_concurrent=config.max_concurrent,
-        trials=trials * config.seeds,
-    )
-    notes += list(plan.notes)
-    for note in plan.notes:
+    in_process, path_notes = _in_process(config, base)
+    data: Any = None
+    train_plan: Any = None
+    if in_process:
+        trial_res = _trial_resources(config, trials)
+        train_plan, data = _decoded(base)
+        limit = MEMORY_SHARE * float(resources.get("object_store_memory", 0))
+        if data.nbytes > limit:
+            in_process = False
+            path_notes.append(
+                f"the decoded cells ({data.nbytes / 2**20:.0f} MB) exceed "
+                f"{MEMORY_SHARE:.0%} of the object store: trials run as Ray Train runs"
+            )
+            data = None
+    printed: list[str] = []
+    if in_process:
+        printed += list(trial_res.notes)
+        resource_record: dict[str, Any] = {
+            "trials": "in-process",
+            "concurrent": trial_res.concurrent,
+            "cpus_per_trial": trial_res.cpus,
+            "gpus_per_trial": trial_res.gpus,
+        }
+        concurrent = trial_res.concurrent
+    else:
+        plan = plan_resources(
+            float(resources.get("CPU", 1)),
+            workers=base.workers,
+            cpus_per_worker=base.cpus_per_worker,
+            max_concurrent=config.max_concurrent,
+            trials=trials * config.seeds,
+        )
+        printed += list(plan.notes)
+        resource_record = {
+            "trials": "ray-train",
+            "concurrent": plan.concurrent,
+            "cpus_per_worker": plan.cpus_per_worker,
+            "driver_cpu": DRIVER_CPU,
+        }
+        concurrent = plan.concurrent
+    printed += path_notes
+    notes += printed
+    for note in printed:
         print(f"raymmi tune: {note}", flush=True)
     label_score = config.metric.removeprefix("val_").removeprefix("reference_") in SCORES
     trial_base = dict(base_user)
-    trial_base["cpus_per_worker"] = plan.cpus_per_worker
+    if not in_process:
+        trial_base["cpus_per_worker"] = plan.cpus_per_worker
     trial_base["embed"] = config.trial_embeddings
     if label_score:
         trial_base["score_every"] = 1  # Tune needs the metric in every report
@@ -296,11 +351,7 @@ def tune(
         "search": {**record["settings"], "name": name, "trials": trials, "epochs": epochs},
         "space": record["space"],
         "base": _identity(base_user),
-        "resources": {
-            "concurrent": plan.concurrent,
-            "cpus_per_worker": plan.cpus_per_worker,
-            "driver_cpu": DRIVER_CPU,
-        },
+        "resources": resource_record,
     }
     parent_id = saved.get("parent_run_id") if saved else None
     with _parent_run(trial_tracking, name, parent_config, parent_id) as parent:
@@ -324,10 +375,20 @@ def tune(
             seed=config.seed,
             tracking=trial_tracking,
             parent_run_id=parent.run_id,
+            plan=train_plan,
+            threads=trial_res.threads if in_process else 1,
+            device="cuda" if in_process and trial_res.gpus > 0 else "cpu",
         )
-        trainable = ray_tune.with_resources(
-            ray_tune.with_parameters(_run_trial, setup=setup), {"cpu": DRIVER_CPU}
-        )
+        if in_process:
+            # the decoded cells go into the object store once; every trial reads that copy
+            trainable = ray_tune.with_resources(
+                ray_tune.with_parameters(_run_inprocess_trial, setup=setup, data=data),
+                {"cpu": trial_res.cpus, "gpu": trial_res.gpus},
+            )
+        else:
+            trainable = ray_tune.with_resources(
+                ray_tune.with_parameters(_run_trial, setup=setup), {"cpu": DRIVER_CPU}
+            )
         ours = _callbacks()
         storage = out / "tune"
         experiment = storage / name
@@ -356,8 +417,9 @@ def tune(
                     search_alg=search_alg,
                     scheduler=scheduler,
                     num_samples=samples,
-                    max_concurrent_trials=plan.concurrent,
+                    max_concurrent_trials=concurrent,
                     trial_dirname_creator=_trial_dirname,
+                    reuse_actors=in_process,
                 ),
                 run_config=ray_tune.RunConfig(
                     name=name,
@@ -411,6 +473,51 @@ def tune(
         wall_seconds=time.perf_counter() - started,
         placement_groups_reaped=reaper.removed if reaper is not None else 0,
     )
+
+
+def _in_process(config: TuneConfig, base: TrainConfig) -> tuple[bool, list[str]]:
+    """Whether trials train in their own process (one worker) or as Ray Train runs.
+
+    Raises
+    ------
+    RaymmiError
+        Per-trial resources given for multi-worker trials (those take per-worker ones).
+    """
+    if base.workers > 1:
+        if config.cpus_per_trial is not None or config.gpus_per_trial:
+            msg = (
+                f"--cpus-per-trial/--gpus-per-trial size one-worker trials; with --workers "
+                f"{base.workers} each trial is a Ray Train run: use --cpus-per-worker and "
+                "--gpus-per-worker"
+            )
+            raise RaymmiError(msg)
+        return False, []
+    if config.trial_embeddings:
+        return False, ["--trial-embeddings: trials run as Ray Train runs (they write embeddings)"]
+    if base.fault_injection is not None:
+        return False, ["fault_injection: trials run as Ray Train runs"]
+    return True, []
+
+
+def _trial_resources(config: TuneConfig, trials: int) -> TrialResources:
+    import ray
+
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return plan_trials(
+        nodes,
+        cpus_per_trial=config.cpus_per_trial,
+        gpus_per_trial=config.gpus_per_trial,
+        max_concurrent=config.max_concurrent,
+        trials=trials * config.seeds,
+    )
+
+
+def _decoded(base: TrainConfig) -> tuple[Any, TrialData]:
+    """The search's training plan and its cells decoded once (in-process trials)."""
+    from raymmi.run._train import plan_training
+
+    train_plan, shard, extra = plan_training(base)
+    return train_plan, trial_data(train_plan, shard, extra)
 
 
 def _live_callbacks(tuner: Any) -> list[Any]:

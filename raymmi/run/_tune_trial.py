@@ -34,6 +34,10 @@ class _Setup:
     seed: int
     tracking: TrackingConfig
     parent_run_id: str | None
+    # in-process trials: the search's training plan (dims, layout), torch threads, device
+    plan: Any = None
+    threads: int = 1
+    device: str = "cpu"
 
 
 def _encode(value: Any) -> Any:
@@ -82,7 +86,7 @@ def _epoch_report() -> Any:
 
 
 def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
-    """The Tune function trainable: one Ray Train run of one configuration and seed."""
+    """The Tune function trainable of a Train trial: one Ray Train run of a config and seed."""
     from ray import tune
 
     from raymmi.run._train import finished, train
@@ -91,17 +95,11 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
     folder = Path(setup.out) / "trials" / trial_id
     done = folder / "trial.json"
     if done.exists():  # trained before an interruption: replay its reports, train nothing
-        saved = json.loads(done.read_text())
-        for row in [*saved["history"], saved["final"]]:
-            tune.report(row)
+        _replay(done)
         return
-    params, index = trial_params(config, setup.keys)
-    seed = int(setup.base["optim"].get("seed", 0)) + index
-    tree = apply_params(setup.base, {**setup.fixed, **params})
-    tree["optim"]["seed"] = seed
+    params, seed, tree, cid = _trial_config(config, setup)
     tree["out"] = str(folder)
     train_config = from_dict(TrainConfig, tree, where="trial")
-    cid = config_id(params)
     tags = {
         "raymmi.search": setup.name,
         "raymmi.trial_id": trial_id,
@@ -121,6 +119,31 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
             tags=tags,
             run_name=f"{setup.name}-{trial_id}",
         )
+    tune.report(_finish(folder, params, seed, cid, metrics))
+
+
+def _trial_config(config: Mapping[str, Any], setup: _Setup) -> tuple[dict, int, dict, str]:
+    """A trial's searched values, seed, training config tree and config id."""
+    params, index = trial_params(config, setup.keys)
+    seed = int(setup.base["optim"].get("seed", 0)) + index
+    tree = apply_params(setup.base, {**setup.fixed, **params})
+    tree["optim"]["seed"] = seed
+    return params, seed, tree, config_id(params)
+
+
+def _replay(done: Path) -> None:
+    """Report a finished trial's saved rows again (a resumed search), train nothing."""
+    from ray import tune
+
+    saved = json.loads(done.read_text())
+    for row in [*saved["history"], saved["final"]]:
+        tune.report(row)
+
+
+def _finish(
+    folder: Path, params: Mapping[str, Any], seed: int, cid: str, metrics: Mapping[str, Any]
+) -> dict[str, float]:
+    """Write ``trial.json`` (the trial's commit marker) and return its final report."""
     history = _history(folder)
     final = {k: float(v) for k, v in metrics.items() if _is_number(v)}
     final["epochs_done"] = len(history) or final.get("epoch", 0) + 1
@@ -128,7 +151,103 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
     saved = {"params": params, "seed": seed, "config_id": cid, "history": history, "final": final}
     tmp = folder / "trial.json.tmp"
     tmp.write_text(json.dumps(saved, default=float))
-    tmp.replace(done)
+    tmp.replace(folder / "trial.json")
+    return final
+
+
+def _run_inprocess_trial(config: dict[str, Any], setup: _Setup, data: Any) -> None:
+    """The Tune function trainable of a one-worker trial: trains in this process.
+
+    The loop is ``raymmi train``'s (:func:`raymmi.run._tune_inprocess.train_in_process`);
+    ``data`` is the search's decoded cells from the object store. Every epoch is reported to
+    Tune (ASHA's clock is ``epochs_done``); MLflow gets the epochs in ``log_batch`` calls.
+    """
+    import time
+
+    from ray import tune
+
+    from raymmi import track
+    from raymmi.run._train import finished
+    from raymmi.run._tune_inprocess import train_in_process, trial_plan, write_metrics
+
+    started = time.perf_counter()
+    trial_id = tune.get_context().get_trial_id()
+    folder = Path(setup.out) / "trials" / trial_id
+    done = folder / "trial.json"
+    if done.exists():
+        _replay(done)
+        return
+    params, seed, tree, cid = _trial_config(config, setup)
+    tree["out"] = str(folder)
+    train_config = from_dict(TrainConfig, tree, where="trial")
+    plan = dataclasses.replace(trial_plan(setup.plan, train_config), threads=setup.threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    identity = {k: v for k, v in tree.items() if k not in ("out", "overwrite")}
+    uri = setup.tracking.uri if setup.tracking.enabled else None
+    run_id = None
+    if uri is not None:
+        tags = {
+            "raymmi.command": "train",
+            "raymmi.model": train_config.model_name,
+            "raymmi.search": setup.name,
+            "raymmi.trial_id": trial_id,
+            "raymmi.config_id": cid,
+            "raymmi.seed": seed,
+            "raymmi.in_process": "true",
+        }
+        if setup.parent_run_id:
+            tags["mlflow.parentRunId"] = setup.parent_run_id
+        run_id = track.start_batched_run(
+            uri,
+            setup.tracking.experiment,
+            run_name=f"{setup.name}-{trial_id}",
+            config=identity,
+            tags=tags,
+        )
+    pending: list[tuple[int, dict[str, float]]] = []
+
+    def flush() -> None:
+        if run_id is not None and uri is not None and pending:
+            track.log_metric_rows(uri, run_id, pending)
+        pending.clear()
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        pending.append((epoch, metrics))
+        # ASHA may stop the trial at any report: what came before is in MLflow by then
+        flush()
+        tune.report({**metrics, "epochs_done": epoch + 1})
+
+    status = "KILLED"
+    try:
+        if finished(folder, embed=False):  # killed after training, before trial.json
+            metrics = json.loads((folder / "metrics.json").read_text())
+        else:
+            run = train_in_process(
+                plan,
+                data,
+                folder,
+                config=identity,
+                keep_checkpoints=train_config.keep_checkpoints,
+                device=setup.device,
+                report=report,
+            )
+            metrics = write_metrics(folder, run.metrics, started)
+        final = _finish(folder, params, seed, cid, metrics)
+        if run_id is not None and uri is not None:
+            pending.append(
+                (
+                    int(final.get("epoch", 0)),
+                    {"train_seconds": final.get("train_seconds", math.nan)},
+                )
+            )
+        status = "FINISHED"
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:
+        flush()
+        if run_id is not None and uri is not None:
+            track.end_batched_run(uri, run_id, status)
     tune.report(final)
 
 
