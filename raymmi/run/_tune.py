@@ -56,6 +56,15 @@ from raymmi.run._tune_mlflow import (
     _mark_stopped,
     _parent_run,
 )
+from raymmi.run._tune_pack import (
+    Rungs,
+    _run_pack_trial,
+    check_pack,
+    make_packs,
+    member_plans,
+    member_rows,
+    pack_key,
+)
 from raymmi.run._tune_plan import (
     DRIVER_CPU,
     SCORES,
@@ -131,6 +140,9 @@ class TuneOutcome:
     notes: list[str]
     wall_seconds: float
     placement_groups_reaped: int = 0
+    # seconds of the driver's phases: "setup" (checks, data, MLflow parent, until Tune starts),
+    # "trials" (Tune's fit), "report" (tables, plots, best.yaml)
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _absolute(path: str) -> str:
@@ -292,6 +304,7 @@ def tune(
 
     resources = init_ray(ray_config)
     in_process, path_notes = _in_process(config, base)
+    check_pack(config, in_process)
     data: Any = None
     train_plan: Any = None
     if in_process:
@@ -378,8 +391,29 @@ def tune(
             plan=train_plan,
             threads=trial_res.threads if in_process else 1,
             device="cuda" if in_process and trial_res.gpus > 0 else "cpu",
+            rungs=Rungs(
+                min(config.grace_period, epochs),
+                config.reduction_factor,
+                epochs,
+                config.metric,
+                config.mode,
+            )
+            if config.scheduler == "asha"
+            else None,
+            metric=config.metric,
+            mode=config.mode,
         )
-        if in_process:
+        packs: list[list[dict[str, Any]]] = []
+        if config.pack > 1:
+            packs, pack_notes = _packs(config, space, setup, trials)
+            notes += pack_notes
+            for note in pack_notes:
+                print(f"raymmi tune: {note}", flush=True)
+            trainable = ray_tune.with_resources(
+                ray_tune.with_parameters(_run_pack_trial, setup=setup, data=data, packs=packs),
+                {"cpu": trial_res.cpus, "gpu": trial_res.gpus},
+            )
+        elif in_process:
             # the decoded cells go into the object store once; every trial reads that copy
             trainable = ray_tune.with_resources(
                 ray_tune.with_parameters(_run_inprocess_trial, setup=setup, data=data),
@@ -399,7 +433,7 @@ def tune(
             print(f"raymmi tune: resuming {experiment}", flush=True)
         else:
             scheduler = None
-            if config.scheduler == "asha":
+            if config.scheduler == "asha" and not packs:  # packs stop their members themselves
                 scheduler = ASHAScheduler(
                     time_attr="epochs_done",
                     max_t=epochs,
@@ -408,6 +442,9 @@ def tune(
                     stop_last_trials=False,
                 )
             search_alg, param_space, samples = _searcher(config, space, trials)
+            if packs:
+                search_alg, samples = None, 1
+                param_space = {"pack": ray_tune.grid_search(list(range(len(packs))))}
             tuner = ray_tune.Tuner(
                 trainable,
                 param_space=param_space,
@@ -429,11 +466,21 @@ def tune(
                     verbose=1,
                 ),
             )
+        fit_started = time.perf_counter()
         grid = tuner.fit()
+        fit_ended = time.perf_counter()
         clock = next((c for c in _live_callbacks(tuner) if hasattr(c, "times")), None)
         reaper = next((c for c in _live_callbacks(tuner) if hasattr(c, "removed")), None)
         times = clock.times if clock is not None else {}
-        rows = _collect(grid, setup, space, config.metric, times)
+        if packs:
+            ids = [Path(r.path).name.removeprefix("trial_") for r in grid if r.path]
+            rows = member_rows(out, ids, space.keys, config.metric)
+            failed = [r for r in grid if r.error is not None]
+            if failed:
+                msg = f"a pack failed: {failed[0].error}"
+                raise RaymmiError(msg)
+        else:
+            rows = _collect(grid, setup, space, config.metric, times)
         if grid.num_terminated + grid.num_errors < len(grid):
             msg = (
                 f"the search stopped with {len(grid) - grid.num_terminated - grid.num_errors} "
@@ -472,6 +519,11 @@ def tune(
         notes=notes,
         wall_seconds=time.perf_counter() - started,
         placement_groups_reaped=reaper.removed if reaper is not None else 0,
+        phases={
+            "setup": fit_started - started,
+            "trials": fit_ended - fit_started,
+            "report": time.perf_counter() - fit_ended,
+        },
     )
 
 
@@ -497,6 +549,34 @@ def _in_process(config: TuneConfig, base: TrainConfig) -> tuple[bool, list[str]]
     if base.fault_injection is not None:
         return False, ["fault_injection: trials run as Ray Train runs"]
     return True, []
+
+
+def _packs(
+    config: TuneConfig, space: SearchSpace, setup: _Setup, trials: int
+) -> tuple[list[list[dict[str, Any]]], list[str]]:
+    """The search's configurations x seeds grouped into packs of one architecture."""
+    from raymmi.run._tune_trial import config_id
+
+    configs = space.grid() if config.search == "grid" else space.sample(trials, config.seed)
+    first = int(setup.base["optim"].get("seed", 0))
+    keyed = []
+    for values in configs:
+        params = {k: thaw(v) for k, v in values.items()}
+        for index in range(config.seeds):
+            entry = {"params": params, "seed": first + index, "config_id": config_id(params)}
+            plans, _, _ = member_plans(setup, [entry])
+            keyed.append((pack_key(plans[0]), entry))
+    packs, groups = make_packs(keyed, config.pack)
+    notes = [
+        f"--pack {config.pack}: {len(keyed)} trials in {len(packs)} pack(s)"
+        + (
+            f"; they form {groups} groups that differ in architecture or seed, each packed "
+            "separately"
+            if groups > 1
+            else ""
+        )
+    ]
+    return packs, notes
 
 
 def _trial_resources(config: TuneConfig, trials: int) -> TrialResources:

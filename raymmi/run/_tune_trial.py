@@ -38,6 +38,10 @@ class _Setup:
     plan: Any = None
     threads: int = 1
     device: str = "cpu"
+    # packed trials: ASHA's rungs (applied to a pack's members), the metric and its mode
+    rungs: Any = None
+    metric: str = ""
+    mode: str = "max"
 
 
 def _encode(value: Any) -> Any:
