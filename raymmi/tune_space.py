@@ -515,6 +515,9 @@ class TuneConfig:
         threads, rounded down) and GPUs (fractional: 0.25 lets four trials share one GPU).
     pack
         Configurations trained together as one stacked model (``--pack K``; 1: none).
+    ray_train
+        Run one-worker trials as Ray Train runs too (the path of ``--workers N > 1``): for
+        comparisons (``jobs/bench_tune.py``), not needed otherwise.
     """
 
     space: str
@@ -534,6 +537,7 @@ class TuneConfig:
     cpus_per_trial: float | None = None
     gpus_per_trial: float = 0.0
     pack: int = 1
+    ray_train: bool = False  # every trial a Ray Train run, as before in-process trials
 
     def __post_init__(self) -> None:
         from raymmi.config import check_choice, check_positive

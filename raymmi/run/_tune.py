@@ -544,6 +544,8 @@ def _in_process(config: TuneConfig, base: TrainConfig) -> tuple[bool, list[str]]
             )
             raise RaymmiError(msg)
         return False, []
+    if config.ray_train:
+        return False, []
     if config.trial_embeddings:
         return False, ["--trial-embeddings: trials run as Ray Train runs (they write embeddings)"]
     if base.fault_injection is not None:

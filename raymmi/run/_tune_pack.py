@@ -397,6 +397,7 @@ def member_rows(out: Path, trial_ids: Sequence[str], keys: Sequence[str], metric
                 "wall_seconds": share,
                 "epoch_seconds": m["epoch_seconds"],
                 "train_seconds": math.nan,
+                "mlflow_seconds": saved.get("mlflow_seconds", 0.0) / max(1, len(saved["members"])),
                 "pack": trial_id,
             }
             for key in ("val_loss", "train_loss", "val_ari", "val_nmi", "val_silhouette"):
