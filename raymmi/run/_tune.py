@@ -28,7 +28,9 @@ config as YAML, a heatmap of the metric over two parameters and a parallel-coord
 ``resume=True`` continues an interrupted search from Ray Tune's experiment state under
 ``OUT/tune``: finished trials keep their results (a trial whose training had finished replays
 its saved reports instead of training again), unfinished ones restart and their training
-resumes from its last checkpoint under ``OUT/trials/<trial id>``.
+resumes from its last checkpoint under ``OUT/trials/<trial id>``. A finished pack
+(``OUT/trials/<id>/pack.json``) is not trained again; an unfinished pack keeps no checkpoint
+and trains again from its first epoch.
 """
 
 from __future__ import annotations
