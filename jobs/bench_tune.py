@@ -1,24 +1,24 @@
-"""Benchmark of `raymmi tune`: per-trial overhead, trials per hour, and ASHA against a full grid.
+"""Benchmark of `raymmi tune`: per-trial overhead, trials per hour, packing, and ASHA vs a grid.
 
     python jobs/bench_tune.py [--cells 10000] [--epochs 20] [--out DIR] [--smoke-test]
 
 1. Overhead of a trial: its wall time (start to end, as the search's driver sees it) minus its
-   training time, and trials per hour, for plain function trials (each reports `--epochs`
-   times after 0.1 s of "work") and for Train trials (real `raymmi train` runs of SAILERX; the
-   training time is the sum of their epochs' seconds). The Train trials are those of the grid
-   search of part 2.
-2. On a small SAILERX space (γ x λ, a 5 x 3 grid, log-spaced), the exhaustive grid (every
-   configuration trained `--epochs` epochs) against ASHA over the same configurations (grace
-   period 1 epoch, halving rate `--reduction-factor`): the best `val_ari` each found and the
-   compute each spent (epochs trained, and trial-seconds, which include every trial's fixed
-   start-up that no scheduler can save). The goal: within 1% of the grid's best for at most
-   35% of its epochs. Small sets train in file order, so a configuration and seed give the same
-   run in both searches. ASHA can only save epochs that last longer than its decision takes to
-   reach the trial (a report travels worker -> Train controller -> Tune driver, ~1-2 s here):
-   with 0.3 s epochs (2,000 cells) trials it stopped had already finished; hence 10,000 cells
-   (1 s epochs) and 20 epochs (at 12, stops still landed a rung late: 38% of the epochs).
+   training time (the sum of its epochs' seconds), and trials per hour of search wall, for
+   (a) plain function trials (each reports `--epochs` times after 0.1 s of "work"),
+   (b) Train-in-Tune trials (every trial a `raymmi train` Ray Train run, the path before
+       in-process trials; `--train-trials` of them),
+   (c) in-process trials (the default path: one worker, the loop in the trial's process),
+   (d) packed trials, `--pack 8` and `--pack 32` (members of one stacked model; a member's
+       wall is its pack's wall divided by its members).
+   (b)-(d) train the same UMINT configurations (a grid over alpha x lr x lambda_2) on the
+   same cells, grid search, no early stopping; the baseline of the ratios is (b).
+2. On a small SAILERX space (gamma x lambda, a 5 x 3 grid, log-spaced), the exhaustive grid
+   (every configuration trained `--epochs` epochs) against ASHA over the same configurations
+   (grace period 1 epoch, halving rate `--reduction-factor`), both with in-process trials:
+   the best `val_ari` each found and the compute each spent (epochs trained, and
+   trial-seconds). The goal: within 1% of the grid's best for at most 35% of its epochs.
 
-Runs on a local Ray of `--num-cpus` (default 2) CPUs, two trials at a time. Prints the tables.
+Runs on a local Ray of `--num-cpus` (default 2) CPUs. Prints the tables and `uptime`'s load.
 """
 
 from __future__ import annotations
@@ -158,6 +158,98 @@ def _search(
     return outcome, time.perf_counter() - started
 
 
+def _umint_space(n: int) -> dict[str, Any]:
+    """A UMINT grid of about ``n`` configurations: alpha x lr x lambda_2 (one architecture)."""
+    import numpy as np
+
+    side = max(2, round(n ** (1 / 3)))
+    alphas = [float(a) for a in np.logspace(-5, -1, side)]
+    lrs = [float(a) for a in np.logspace(-3.5, -2, side)]
+    lams = [float(a) for a in np.logspace(-1, 1, max(1, n // (side * side)))]
+    return {
+        "model.alpha": {"grid": alphas},
+        "optim.lr": {"grid": lrs},
+        "model.lambdas.1": {"grid": lams},
+    }
+
+
+def _umint_row(
+    kind: str,
+    data: str,
+    root: Path,
+    space: dict[str, Any],
+    epochs: int,
+    *,
+    ray_train: bool = False,
+    pack: int = 1,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    from raymmi.config import OptimConfig, TrackingConfig, TrainConfig
+    from raymmi.run import tune
+    from raymmi.tune_space import TuneConfig
+
+    if limit is not None:  # fewer configurations (Train trials are slow): the first `limit`
+        space = dict(space)
+        space["model.lambdas.1"] = {"grid": space["model.lambdas.1"]["grid"][:1]}
+        space["optim.lr"] = {"grid": space["optim.lr"]["grid"][:1]}
+        space["model.alpha"] = {"grid": space["model.alpha"]["grid"][:limit]}
+    name = kind.split()[0].lower() + str(pack)
+    path = root / f"umint-{name}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    settings = TuneConfig(
+        space=str(path),
+        out=str(root / f"umint-{name}"),
+        metric="val_ari",
+        mode="max",
+        search="grid",
+        scheduler="none",
+        name=f"bench-umint-{name}",
+        pack=pack,
+        ray_train=ray_train,
+    )
+    base = TrainConfig(
+        model_name="umint",
+        data=data,
+        out=settings.out,
+        model={
+            "modalities": ["rna_hvg", "atac_lsi"],
+            "widths": [64, 16],
+            "bottleneck": 16,
+            "lambdas": [1.0, 1.0],
+        },
+        optim=OptimConfig(epochs=epochs),
+        label_key="cell_type",
+        impute=False,
+    )
+    started = time.perf_counter()
+    outcome = tune(
+        settings,
+        base,
+        overwrite=True,
+        tracking=TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="bench-tune"),
+    )
+    wall = time.perf_counter() - started
+    trials = outcome.trials
+    per_trial = float(trials["wall_seconds"].mean())
+    train_s = float(trials["epoch_seconds"].mean())
+    return {
+        "kind": kind,
+        "trials": len(trials),
+        "wall_s": wall,
+        "trial_wall_s": per_trial,
+        "train_s": train_s,
+        "overhead_s": per_trial - train_s,
+        "trials_per_hour": len(trials) / wall * 3600,
+        "trials_per_hour_in_trials": len(trials) / outcome.phases["trials"] * 3600,
+    }
+
+
+def _uptime() -> str:
+    import subprocess
+
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def _search_row(name: str, outcome: Any, wall: float) -> dict[str, Any]:
     trials = outcome.trials
     best = outcome.results.iloc[0]
@@ -180,11 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--function-trials", type=int, default=16)
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--umint-configs", type=int, default=32, help="UMINT grid size (x2)")
+    parser.add_argument("--train-trials", type=int, default=4, help="trials of (b)")
     parser.add_argument("--out", help="work folder (default: a temporary one)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, same code path")
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.cells, args.epochs, args.function_trials = 200, 2, 4
+        args.umint_configs, args.train_trials = 8, 2
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-tune-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
 
@@ -196,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     grid_values = (GAMMAS[:2], LAMS[:1]) if args.smoke_test else (GAMMAS, LAMS)
 
     overhead = [function_trials(args.function_trials, args.epochs, 2, root)]
+    umint_space = _umint_space(args.umint_configs)
+    for kind, settings in (
+        ("Train-in-Tune trials", {"ray_train": True, "limit": args.train_trials}),
+        ("in-process trials", {}),
+        ("packed trials K=8", {"pack": 8}),
+        ("packed trials K=32", {"pack": 32}),
+    ):
+        overhead.append(_umint_row(kind, data, root, umint_space, args.epochs, **settings))
     grid, grid_wall = _search(
         data, root, "grid", grid_values, scheduler="none", epochs=args.epochs, reduction=3
     )
@@ -207,21 +310,6 @@ def main(argv: list[str] | None = None) -> int:
         scheduler="asha",
         epochs=args.epochs,
         reduction=args.reduction_factor,
-    )
-    trials = grid.trials
-    per_trial = trials["wall_seconds"].mean()
-    train_s = trials["epoch_seconds"].mean()
-    overhead.append(
-        {
-            "kind": "Train trials (SAILERX)",
-            "trials": len(trials),
-            "concurrent": 2,
-            "wall_s": grid_wall,
-            "trial_wall_s": per_trial,
-            "train_s": train_s,
-            "overhead_s": per_trial - train_s,
-            "trials_per_hour": len(trials) / grid_wall * 3600,
-        }
     )
     rows = [
         _search_row("grid (exhaustive)", grid, grid_wall),
@@ -235,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         table.loc[1, "gap_to_grid_best"] <= 0.01 and table.loc[1, "compute_vs_grid_epochs"] <= 0.35
     )
     pd.set_option("display.width", 200)
+    frame = pd.DataFrame(overhead)
+    baseline = frame.loc[frame["kind"] == "Train-in-Tune trials", "trials_per_hour"]
+    if len(baseline):
+        frame["trials_per_hour_vs_train"] = frame["trials_per_hour"] / float(baseline.iloc[0])
+    overhead = frame.to_dict("records")
     print(
         f"\n== per-trial overhead ({args.num_cpus} CPUs, {args.cells} cells, {args.epochs} epochs)"
     )
@@ -248,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\ngoal (within 1% of the grid's best for <= 35% of its epochs): "
         f"{'met' if goal else 'not met'}"
     )
+    print(f"uptime: {_uptime()}")
     print(f"outputs: {root}")
     return 0
 

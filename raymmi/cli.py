@@ -304,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--label-key", help="obs column with labels: val_ari/val_nmi metrics")
     tu.add_argument("--workers", type=int, help="Ray Train workers per trial")
     tu.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: auto)")
+    tu.add_argument("--cpus-per-trial", type=float, help="CPUs of a one-worker trial (default 1)")
+    tu.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (0.25: 4 share one)"
+    )
+    tu.add_argument(
+        "--pack", type=int, default=1, help="configurations trained as one stacked model"
+    )
     _common(tu)
 
     task = sub.add_parser("task", help="NeurIPS 2021 tasks: predict, match, embed, scored")
@@ -799,6 +806,9 @@ def _tune(args: argparse.Namespace) -> int:
         trial_embeddings=args.trial_embeddings,
         name=args.name,
         seed=args.search_seed,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        pack=args.pack,
     )
     outcome = tune(
         settings,

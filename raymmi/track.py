@@ -2,7 +2,10 @@
 
 The default tracking URI is a SQLite file in the working directory (``./mlflow.db``) with
 artifacts in ``./mlartifacts``: nothing to start. ``MLFLOW_TRACKING_URI`` points at a server.
-Only the driver process talks to MLflow (Train workers report through rank 0).
+Only the driver process talks to MLflow through :func:`tracked_run`; worker processes (Train
+rank 0, Tune trials) log with :func:`start_batched_run` / :func:`log_metric_rows` /
+:func:`end_batched_run`: one client per process and ``log_batch`` calls, not one call per
+metric.
 """
 
 from __future__ import annotations
@@ -227,3 +230,99 @@ def _param(value: Any) -> str:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# ----------------------------------------------------------------------------------------------
+# batched logging from worker processes (Train rank 0, Tune trials): one client per process
+# ----------------------------------------------------------------------------------------------
+
+_BATCH_METRICS = 1000  # MLflow's log_batch limits: 1000 metrics, 100 params, 100 tags per call
+_BATCH_PARAMS = 100
+_CLIENTS: dict[str, Any] = {}
+_EXPERIMENTS: dict[tuple[str, str], str] = {}
+
+
+def client(uri: str) -> Any:
+    """The ``MlflowClient`` of this process for ``uri`` (created once, then reused)."""
+    if uri not in _CLIENTS:
+        from mlflow.tracking import MlflowClient
+
+        _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
+    return _CLIENTS[uri]
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment ``name`` (created with the artifact root beside a SQLite store)."""
+    key = (uri, name)
+    if key not in _EXPERIMENTS:
+        mlflow_client = client(uri)
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                _EXPERIMENTS[key] = mlflow_client.create_experiment(
+                    name, artifact_location=_artifact_root(uri)
+                )
+            except Exception:  # created meanwhile by another process
+                found = mlflow_client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+                _EXPERIMENTS[key] = found.experiment_id
+        else:
+            _EXPERIMENTS[key] = found.experiment_id
+    return _EXPERIMENTS[key]
+
+
+def start_batched_run(
+    uri: str,
+    experiment: str,
+    *,
+    run_name: str,
+    config: Mapping[str, Any],
+    tags: Mapping[str, Any],
+) -> str:
+    """Create a run with its flattened config as params and ``tags``; return its id.
+
+    Two calls on the store per 100 params: for a Tune trial, one run costs a few
+    transactions, not one per param.
+    """
+    from mlflow.entities import Param
+
+    mlflow_client = client(uri)
+    run = mlflow_client.create_run(
+        experiment_id(uri, experiment),
+        run_name=run_name,
+        tags={k: str(v) for k, v in tags.items()},
+    )
+    params = [Param(k, _param(v)) for k, v in flatten(dict(config)).items()]
+    for chunk in _chunks(params, _BATCH_PARAMS):
+        mlflow_client.log_batch(run.info.run_id, params=list(chunk))
+    return str(run.info.run_id)
+
+
+def log_metric_rows(uri: str, run_id: str, rows: Sequence[tuple[int, Mapping[str, float]]]) -> int:
+    """Log ``(step, metrics)`` rows with as few ``log_batch`` calls as the limits allow.
+
+    Non-finite values are skipped. Returns the number of calls made.
+    """
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), stamp, int(step))
+        for step, metrics in rows
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    calls = 0
+    for chunk in _chunks(items, _BATCH_METRICS):
+        client(uri).log_batch(run_id, metrics=list(chunk))
+        calls += 1
+    return calls
+
+
+def end_batched_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Close a run made by :func:`start_batched_run` (``FINISHED``, ``FAILED``, ``KILLED``)."""
+    client(uri).set_terminated(run_id, status=status)

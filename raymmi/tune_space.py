@@ -510,6 +510,14 @@ class TuneConfig:
         Every trial also embeds all cells and writes ``trials/<id>/embeddings`` with its
         full-data scores. Off by default: trials are ranked on the per-epoch metrics, and the
         embedding pass is fixed cost that early stopping cannot save.
+    cpus_per_trial, gpus_per_trial
+        Resources of one in-process trial (one worker): CPUs (default 1; also its torch
+        threads, rounded down) and GPUs (fractional: 0.25 lets four trials share one GPU).
+    pack
+        Configurations trained together as one stacked model (``--pack K``; 1: none).
+    ray_train
+        Run one-worker trials as Ray Train runs too (the path of ``--workers N > 1``): for
+        comparisons (``jobs/bench_tune.py``), not needed otherwise.
     """
 
     space: str
@@ -526,9 +534,29 @@ class TuneConfig:
     name: str | None = None
     seed: int = 0
     trial_embeddings: bool = False
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float = 0.0
+    pack: int = 1
+    ray_train: bool = False  # every trial a Ray Train run, as before in-process trials
 
     def __post_init__(self) -> None:
         from raymmi.config import check_choice, check_positive
+
+        if self.cpus_per_trial is not None and not (
+            math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0
+        ):
+            msg = f"--cpus-per-trial {self.cpus_per_trial!r} must be a number > 0"
+            raise RaymmiError(msg)
+        if not (math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0):
+            msg = f"--gpus-per-trial {self.gpus_per_trial!r} must be a number >= 0"
+            raise RaymmiError(msg)
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            msg = (
+                f"--gpus-per-trial {self.gpus_per_trial:g}: above 1 a trial takes whole GPUs "
+                f"(use {math.ceil(self.gpus_per_trial)} or a fraction <= 1)"
+            )
+            raise RaymmiError(msg)
+        check_positive("--pack", self.pack)
 
         check_choice("--mode", self.mode, ("max", "min"))
         check_choice("--search", self.search, SEARCHES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -289,6 +290,152 @@ def test_bad_input_is_refused_before_any_trial(multiome, tmp_path, capsys):
     assert "is not reported by 'sailerx'" in err and "did you mean val_loss" in err
     assert "val_local" in err  # the model's own loss terms are listed
     assert "needs labels: give --label-key" in run(ok, "--metric", "val_ari", "--mode", "max")
+    # resources and packs: refused with what the cluster has, before any trial
+    err = run(ok, *metric, "--gpus-per-trial", "0.25")
+    assert "asks for GPUs, but the cluster has none" in err and "2 CPUs and 0 GPUs" in err
+    assert "more than any node has (the largest has 2)" in run(
+        ok, *metric, "--cpus-per-trial", "64"
+    )
+    assert "use --search random or --search grid with --pack" in run(ok, *metric, "--pack", "4")
     assert "scored once after training" in run(
         ok, "--metric", "ari", "--mode", "max", "--label-key", "cell_type"
     )
+
+
+@pytest.mark.slow
+def test_in_process_trial_trains_what_raymmi_train_trains(multiome, tmp_path):
+    """One loop: a one-worker `raymmi train` run and an in-process trial give the same model.
+
+    Without a shuffle buffer both read the cells in file order, so the same config and seed
+    give the same batches; ~50 s (the Train run's start-up), the trial ~2 s.
+    """
+    import dataclasses
+
+    import torch
+
+    from raymmi.run import train
+    from raymmi.run._train import plan_training
+    from raymmi.run._tune_inprocess import train_in_process, trial_data, trial_plan
+
+    config = TrainConfig(
+        model_name="sailerx",
+        data=multiome,
+        out=str(tmp_path / "train"),
+        model=SAILERX,
+        optim=OptimConfig(epochs=2, batch_size=64, lr=1e-3, shuffle_buffer=0, seed=7),
+        label_key="cell_type",
+        impute=False,
+        embed=False,
+        cpus_per_worker=1.0,
+    )
+    metrics = train(config, tracking=TrackingConfig(enabled=False))
+    weights = torch.load(tmp_path / "train" / "model.pt", weights_only=True)
+
+    plan, shard, extra = plan_training(config)
+    data = trial_data(plan, shard, extra)
+    trial = dataclasses.replace(trial_plan(plan, config), threads=1)
+    run = train_in_process(trial, data, tmp_path / "trial", config={})
+    assert set(run.state_dict) == set(weights)
+    for key, value in weights.items():
+        torch.testing.assert_close(run.state_dict[key], value, rtol=1e-6, atol=1e-7)
+    for key in ("train_loss", "train_local", "val_loss", "val_ari", "val_nmi"):
+        assert run.metrics[key] == pytest.approx(metrics[key], rel=1e-6), key
+    assert len(run.history) == 2
+    # a folder holding the trial's last checkpoint resumes from it: nothing left to train
+    again = train_in_process(trial, data, tmp_path / "trial", config={})
+    assert again.start_epoch == 2
+    for key, value in weights.items():
+        torch.testing.assert_close(again.state_dict[key], value, rtol=1e-6, atol=1e-7)
+
+
+UMINT = {"modalities": ["rna_hvg", "atac_lsi"], "widths": [16, 8], "bottleneck": 8}
+
+
+def test_a_packed_member_trains_as_it_would_alone_and_a_diverging_one_fails(multiome, tmp_path):
+    """Three UMINT configurations (loss weights, lr) packed == each trained alone (~10 s)."""
+    import dataclasses
+
+    import torch
+
+    from raymmi.run._train import plan_training
+    from raymmi.run._tune_inprocess import train_in_process, trial_data, trial_plan
+    from raymmi.run._tune_pack import Member, Rungs, train_pack
+
+    def config(lam: float, alpha: float, lr: float) -> TrainConfig:
+        return TrainConfig(
+            model_name="umint",
+            data=multiome,
+            out=str(tmp_path / "unused"),
+            model={**UMINT, "lambdas": [1.0, lam], "alpha": alpha},
+            optim=OptimConfig(epochs=3, lr=lr, batch_size=32, seed=3),
+            label_key="cell_type",
+            impute=False,
+        )
+
+    configs = [config(1.0, 1e-4, 1e-3), config(5.0, 1e-2, 3e-3), config(0.1, 0.0, 1e6)]
+    plan, shard, extra = plan_training(configs[0])
+    data = trial_data(plan, shard, extra)
+    plans = [dataclasses.replace(trial_plan(plan, c), threads=1) for c in configs]
+    members = [Member({"optim.lr": c.optim.lr}, 3, str(i)) for i, c in enumerate(configs)]
+    members, pack = train_pack(plans, members, data)
+    assert [m.status for m in members] == ["completed", "completed", "error"]
+    assert "not finite" in members[2].error and '"optim.lr": 1000000.0' in members[2].error
+    assert len(pack) == 2  # the diverged member left the stacked model
+    for i in (0, 1):
+        alone = train_in_process(plans[i], data, tmp_path / f"alone{i}", config={})
+        for key, value in alone.state_dict.items():
+            torch.testing.assert_close(pack.state_dict(i)[key], value, rtol=1e-4, atol=1e-5)
+        for key in ("train_loss", "val_loss", "val_ari"):
+            assert members[i].history[-1][key] == pytest.approx(alone.metrics[key], rel=1e-4)
+        assert len(members[i].history) == 3
+    # ASHA's rung rule inside a pack: of 2 members at rung 1, the better one goes on
+    rungs = Rungs(grace=1, eta=2, max_t=3, metric="val_loss", mode="min")
+    assert rungs.at() == {1, 2} and rungs.survivors([3.0, 1.0]) == [1]
+    assert rungs.survivors([3.0, 1.0, math.nan, 2.0]) == [1, 3]  # NaN never goes on
+    members = [Member({}, 3, str(i)) for i in range(2)]
+    members, _ = train_pack(plans[:2], members, data, rungs=rungs)
+    assert sorted(m.status for m in members) == ["completed", "stopped"]
+    assert sorted(len(m.history) for m in members) == [1, 3]
+
+
+@pytest.mark.slow
+def test_packed_search_gives_every_member_its_row_and_run(multiome, tmp_path, capsys):
+    from raymmi.cli import main
+
+    space = _space(
+        tmp_path,
+        {
+            "model.widths": {"grid": [[16, 8], [8, 4]]},
+            "model.alpha": {"grid": [1e-4, 1e-2]},
+            "optim.lr": {"grid": [1e-3, 3e-3]},
+        },
+    )
+    out = tmp_path / "packed"
+    args = [
+        "tune", "umint", "--data", multiome, "--out", str(out), "--space", space,
+        "--metric", "val_ari", "--mode", "max", "--label-key", "cell_type",
+        "--search", "grid", "--scheduler", "asha", "--reduction-factor", "2",
+        "--epochs", "3", "--seeds", "2", "--pack", "4",
+        "--set", f"model={json.dumps(UMINT)}", "--set", "impute=false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    # 8 configurations x 2 seeds, 2 architectures x 2 seeds = 4 groups of 4: 4 packs
+    assert "16 trials in 4 pack(s)" in printed and "each packed separately" in printed
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 16 and trials["pack"].nunique() == 4
+    assert (trials["status"] == "stopped").sum() >= 1 and (trials["status"] == "error").sum() == 0
+    for _, group in trials.groupby("pack"):  # one architecture and one seed per pack
+        assert group["model.widths"].nunique() == 1 and group["seed"].nunique() == 1
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 8 and (results["seeds"] == 2).all()
+    saved = json.loads((out / "search.json").read_text())
+    children = _children(saved["parent_run_id"])
+    assert set(children["tags.raymmi.trial_id"]) == set(trials["trial_id"])
+    import mlflow
+
+    done = trials.loc[trials["status"] == "completed", "trial_id"].iloc[0]
+    run_id = children.loc[children["tags.raymmi.trial_id"] == done, "run_id"].iloc[0]
+    assert len(mlflow.MlflowClient().get_metric_history(run_id, "val_ari")) == 3
+    tree = load_yaml(out / "best.yaml")
+    assert from_dict(TrainConfig, {**tree, "out": str(tmp_path / "retrain")}).model_name == "umint"

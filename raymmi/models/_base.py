@@ -155,6 +155,15 @@ class Model(nn.Module):
         """The embedding this model was given to align to (SAILERX), else ``None``."""
         return None
 
+    def loss_weights(self, *, epoch: int) -> Mapping[str, float] | None:
+        """The loss as weighted terms: ``loss(...).total == sum(w[t] * terms[t])``, or None.
+
+        A model that states it (and holds no batch norm) can be trained packed with others of
+        its architecture (:mod:`raymmi.models._pack`): each member's weights then come from
+        its own config, the terms from the shared stacked forward.
+        """
+        return None
+
 
 _REGISTRY: dict[str, type[Model]] = {}
 

@@ -190,6 +190,14 @@ class UMINT(Model):
         total = mse_total + cfg.alpha * l1 + cfg.beta * l2
         return LossOutput(total=total, terms=terms)
 
+    def loss_weights(self, *, epoch: int) -> Mapping[str, float]:
+        """``lambda_i`` per modality's MSE, ``alpha`` (activity L1), ``beta`` (weight L2)."""
+        cfg = self.config
+        weights = {
+            f"mse_{m}": float(w) for m, w in zip(cfg.modalities, cfg.modality_weights, strict=True)
+        }
+        return {**weights, "l1_activity": float(cfg.alpha), "l2_weights": float(cfg.beta)}
+
     def embed(self, batch: Batch) -> torch.Tensor:
         """Bottleneck activations, float32 (n_cells, bottleneck)."""
         _, code, _ = self(modality_values(batch, self.config.modalities, self.name))

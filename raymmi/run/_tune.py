@@ -1,24 +1,36 @@
-"""``raymmi tune MODEL``: hyperparameter searches of Ray Train runs with Ray Tune.
+"""``raymmi tune MODEL``: hyperparameter searches of ``raymmi train`` runs with Ray Tune.
 
-Every trial is a real ``raymmi train`` run (:func:`raymmi.run._train.train`) inside a Tune
-function trainable: its Train run reports every epoch through a ``TuneReportCallback``, so
-ASHA can stop it early. Trial drivers ask for 0.1 CPU and Train workers for a share of what is
-left after one CPU stays free for the Ray Data read tasks (each asks for a whole CPU: without it
-trials hold every CPU and wait forever for data, RAY_NOTES "Ray Tune").
+Two kinds of trials, one training loop (:func:`raymmi.run._train_loop.fit_epochs`):
+
+- **In-process** (one worker, the default): the Tune function trainable trains in its own
+  process (:mod:`raymmi.run._tune_inprocess`): no ``TorchTrainer``, no Train controller, no
+  worker group. The driver decodes the cells once and hands them to every trial through the
+  object store (``tune.with_parameters``); trial actors are reused (``reuse_actors``), each
+  trial asks for ``--cpus-per-trial`` (default 1) and ``--gpus-per-trial`` (fractional), and
+  the driver checks that a trial fits a node before anything starts.
+- **Ray Train** (``--workers N > 1``, ``--trial-embeddings``, or cells too large to decode
+  into a quarter of the object store): every trial is a real ``raymmi train`` run
+  (:func:`raymmi.run._train.train`) inside a function trainable; its Train run reports every
+  epoch through a ``TuneReportCallback``. Trial drivers ask for 0.1 CPU and Train workers for
+  a share of what is left after one CPU stays free for the Ray Data read tasks (each asks for
+  a whole CPU: without it trials hold every CPU and wait forever for data).
 
 Seeds are a dimension: with ``seeds=K`` each configuration trains K times (``optim.seed``,
 ``+1`` ...); Optuna sees one score per configuration, the mean over its seeds (Ray Tune's
 ``Repeater``), and ``results.csv`` ranks configurations by that mean with its spread.
 
 MLflow: one parent run per search, created by the driver before any trial (a fresh SQLite
-store created by several trials at once fails), one nested run per trial (the trainer's run,
-tagged ``mlflow.parentRunId``), and on the parent the results table, the best config as YAML,
-a heatmap of the metric over two parameters and a parallel-coordinates plot.
+store created by several trials at once fails), one nested run per trial (tagged
+``mlflow.parentRunId``; in-process trials log it with a few ``log_batch`` calls through one
+client per process, :mod:`raymmi.track`), and on the parent the results table, the best
+config as YAML, a heatmap of the metric over two parameters and a parallel-coordinates plot.
 
 ``resume=True`` continues an interrupted search from Ray Tune's experiment state under
 ``OUT/tune``: finished trials keep their results (a trial whose training had finished replays
 its saved reports instead of training again), unfinished ones restart and their training
-resumes from its last checkpoint under ``OUT/trials/<trial id>``.
+resumes from its last checkpoint under ``OUT/trials/<trial id>``. A finished pack
+(``OUT/trials/<id>/pack.json``) is not trained again; an unfinished pack keeps no checkpoint
+and trains again from its first epoch.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from raymmi import models
 from raymmi.config import RayConfig, TrackingConfig, TrainConfig, to_dict
 from raymmi.io._dest import claiming, work_dir
 from raymmi.run._tune_callbacks import _callbacks
+from raymmi.run._tune_inprocess import MEMORY_SHARE, TrialData, trial_data
 from raymmi.run._tune_mlflow import (
     _close_orphaned_children,
     _log_inputs,
@@ -45,12 +58,23 @@ from raymmi.run._tune_mlflow import (
     _mark_stopped,
     _parent_run,
 )
+from raymmi.run._tune_pack import (
+    Rungs,
+    _run_pack_trial,
+    check_pack,
+    make_packs,
+    member_plans,
+    member_rows,
+    pack_key,
+)
 from raymmi.run._tune_plan import (
     DRIVER_CPU,
     SCORES,
     ResourcePlan,
+    TrialResources,
     check_metric,
     plan_resources,
+    plan_trials,
     reported_metrics,
 )
 from raymmi.run._tune_tables import (
@@ -60,7 +84,14 @@ from raymmi.run._tune_tables import (
     heatmap_axes,
     trial_table,
 )
-from raymmi.run._tune_trial import _encode, _run_trial, _Setup, _trial_dirname, trial_params
+from raymmi.run._tune_trial import (
+    _encode,
+    _run_inprocess_trial,
+    _run_trial,
+    _Setup,
+    _trial_dirname,
+    trial_params,
+)
 from raymmi.schema import RaymmiError
 from raymmi.track import tracking_uri
 from raymmi.tune_space import (
@@ -111,6 +142,9 @@ class TuneOutcome:
     notes: list[str]
     wall_seconds: float
     placement_groups_reaped: int = 0
+    # seconds of the driver's phases: "setup" (checks, data, MLflow parent, until Tune starts),
+    # "trials" (Tune's fit), "report" (tables, plots, best.yaml)
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _absolute(path: str) -> str:
@@ -278,19 +312,55 @@ def tune(
         name = saved["name"]
 
     resources = init_ray(ray_config)
-    plan = plan_resources(
-        float(resources.get("CPU", 1)),
-        workers=base.workers,
-        cpus_per_worker=base.cpus_per_worker,
-        max_concurrent=config.max_concurrent,
-        trials=trials * config.seeds,
-    )
-    notes += list(plan.notes)
-    for note in plan.notes:
+    in_process, path_notes = _in_process(config, base)
+    check_pack(config, in_process)
+    data: Any = None
+    train_plan: Any = None
+    if in_process:
+        trial_res = _trial_resources(config, trials)
+        train_plan, data = _decoded(base)
+        limit = MEMORY_SHARE * float(resources.get("object_store_memory", 0))
+        if data.nbytes > limit:
+            in_process = False
+            path_notes.append(
+                f"the decoded cells ({data.nbytes / 2**20:.0f} MB) exceed "
+                f"{MEMORY_SHARE:.0%} of the object store: trials run as Ray Train runs"
+            )
+            data = None
+    printed: list[str] = []
+    if in_process:
+        printed += list(trial_res.notes)
+        resource_record: dict[str, Any] = {
+            "trials": "in-process",
+            "concurrent": trial_res.concurrent,
+            "cpus_per_trial": trial_res.cpus,
+            "gpus_per_trial": trial_res.gpus,
+        }
+        concurrent = trial_res.concurrent
+    else:
+        plan = plan_resources(
+            float(resources.get("CPU", 1)),
+            workers=base.workers,
+            cpus_per_worker=base.cpus_per_worker,
+            max_concurrent=config.max_concurrent,
+            trials=trials * config.seeds,
+        )
+        printed += list(plan.notes)
+        resource_record = {
+            "trials": "ray-train",
+            "concurrent": plan.concurrent,
+            "cpus_per_worker": plan.cpus_per_worker,
+            "driver_cpu": DRIVER_CPU,
+        }
+        concurrent = plan.concurrent
+    printed += path_notes
+    notes += printed
+    for note in printed:
         print(f"raymmi tune: {note}", flush=True)
     label_score = config.metric.removeprefix("val_").removeprefix("reference_") in SCORES
     trial_base = dict(base_user)
-    trial_base["cpus_per_worker"] = plan.cpus_per_worker
+    if not in_process:
+        trial_base["cpus_per_worker"] = plan.cpus_per_worker
     trial_base["embed"] = config.trial_embeddings
     if label_score:
         trial_base["score_every"] = 1  # Tune needs the metric in every report
@@ -303,11 +373,7 @@ def tune(
         "search": {**record["settings"], "name": name, "trials": trials, "epochs": epochs},
         "space": record["space"],
         "base": _identity(base_user),
-        "resources": {
-            "concurrent": plan.concurrent,
-            "cpus_per_worker": plan.cpus_per_worker,
-            "driver_cpu": DRIVER_CPU,
-        },
+        "resources": resource_record,
     }
     parent_id = saved.get("parent_run_id") if saved else None
     with _parent_run(trial_tracking, name, parent_config, parent_id) as parent:
@@ -331,10 +397,41 @@ def tune(
             seed=config.seed,
             tracking=trial_tracking,
             parent_run_id=parent.run_id,
+            plan=train_plan,
+            threads=trial_res.threads if in_process else 1,
+            device="cuda" if in_process and trial_res.gpus > 0 else "cpu",
+            rungs=Rungs(
+                min(config.grace_period, epochs),
+                config.reduction_factor,
+                epochs,
+                config.metric,
+                config.mode,
+            )
+            if config.scheduler == "asha"
+            else None,
+            metric=config.metric,
+            mode=config.mode,
         )
-        trainable = ray_tune.with_resources(
-            ray_tune.with_parameters(_run_trial, setup=setup), {"cpu": DRIVER_CPU}
-        )
+        packs: list[list[dict[str, Any]]] = []
+        if config.pack > 1:
+            packs, pack_notes = _packs(config, space, setup, trials)
+            notes += pack_notes
+            for note in pack_notes:
+                print(f"raymmi tune: {note}", flush=True)
+            trainable = ray_tune.with_resources(
+                ray_tune.with_parameters(_run_pack_trial, setup=setup, data=data, packs=packs),
+                {"cpu": trial_res.cpus, "gpu": trial_res.gpus},
+            )
+        elif in_process:
+            # the decoded cells go into the object store once; every trial reads that copy
+            trainable = ray_tune.with_resources(
+                ray_tune.with_parameters(_run_inprocess_trial, setup=setup, data=data),
+                {"cpu": trial_res.cpus, "gpu": trial_res.gpus},
+            )
+        else:
+            trainable = ray_tune.with_resources(
+                ray_tune.with_parameters(_run_trial, setup=setup), {"cpu": DRIVER_CPU}
+            )
         ours = _callbacks()
         storage = out / "tune"
         experiment = storage / name
@@ -345,7 +442,7 @@ def tune(
             print(f"raymmi tune: resuming {experiment}", flush=True)
         else:
             scheduler = None
-            if config.scheduler == "asha":
+            if config.scheduler == "asha" and not packs:  # packs stop their members themselves
                 scheduler = ASHAScheduler(
                     time_attr="epochs_done",
                     max_t=epochs,
@@ -354,6 +451,9 @@ def tune(
                     stop_last_trials=False,
                 )
             search_alg, param_space, samples = _searcher(config, space, trials)
+            if packs:
+                search_alg, samples = None, 1
+                param_space = {"pack": ray_tune.grid_search(list(range(len(packs))))}
             tuner = ray_tune.Tuner(
                 trainable,
                 param_space=param_space,
@@ -363,8 +463,9 @@ def tune(
                     search_alg=search_alg,
                     scheduler=scheduler,
                     num_samples=samples,
-                    max_concurrent_trials=plan.concurrent,
+                    max_concurrent_trials=concurrent,
                     trial_dirname_creator=_trial_dirname,
+                    reuse_actors=in_process,
                 ),
                 run_config=ray_tune.RunConfig(
                     name=name,
@@ -374,11 +475,21 @@ def tune(
                     verbose=1,
                 ),
             )
+        fit_started = time.perf_counter()
         grid = tuner.fit()
+        fit_ended = time.perf_counter()
         clock = next((c for c in _live_callbacks(tuner) if hasattr(c, "times")), None)
         reaper = next((c for c in _live_callbacks(tuner) if hasattr(c, "removed")), None)
         times = clock.times if clock is not None else {}
-        rows = _collect(grid, setup, space, config.metric, times)
+        if packs:
+            ids = [Path(r.path).name.removeprefix("trial_") for r in grid if r.path]
+            rows = member_rows(out, ids, space.keys, config.metric)
+            failed = [r for r in grid if r.error is not None]
+            if failed:
+                msg = f"a pack failed: {failed[0].error}"
+                raise RaymmiError(msg)
+        else:
+            rows = _collect(grid, setup, space, config.metric, times)
         if grid.num_terminated + grid.num_errors < len(grid):
             msg = (
                 f"the search stopped with {len(grid) - grid.num_terminated - grid.num_errors} "
@@ -417,7 +528,87 @@ def tune(
         notes=notes,
         wall_seconds=time.perf_counter() - started,
         placement_groups_reaped=reaper.removed if reaper is not None else 0,
+        phases={
+            "setup": fit_started - started,
+            "trials": fit_ended - fit_started,
+            "report": time.perf_counter() - fit_ended,
+        },
     )
+
+
+def _in_process(config: TuneConfig, base: TrainConfig) -> tuple[bool, list[str]]:
+    """Whether trials train in their own process (one worker) or as Ray Train runs.
+
+    Raises
+    ------
+    RaymmiError
+        Per-trial resources given for multi-worker trials (those take per-worker ones).
+    """
+    if base.workers > 1:
+        if config.cpus_per_trial is not None or config.gpus_per_trial:
+            msg = (
+                f"--cpus-per-trial/--gpus-per-trial size one-worker trials; with --workers "
+                f"{base.workers} each trial is a Ray Train run: use --cpus-per-worker and "
+                "--gpus-per-worker"
+            )
+            raise RaymmiError(msg)
+        return False, []
+    if config.ray_train:
+        return False, []
+    if config.trial_embeddings:
+        return False, ["--trial-embeddings: trials run as Ray Train runs (they write embeddings)"]
+    if base.fault_injection is not None:
+        return False, ["fault_injection: trials run as Ray Train runs"]
+    return True, []
+
+
+def _packs(
+    config: TuneConfig, space: SearchSpace, setup: _Setup, trials: int
+) -> tuple[list[list[dict[str, Any]]], list[str]]:
+    """The search's configurations x seeds grouped into packs of one architecture."""
+    from raymmi.run._tune_trial import config_id
+
+    configs = space.grid() if config.search == "grid" else space.sample(trials, config.seed)
+    first = int(setup.base["optim"].get("seed", 0))
+    keyed = []
+    for values in configs:
+        params = {k: thaw(v) for k, v in values.items()}
+        for index in range(config.seeds):
+            entry = {"params": params, "seed": first + index, "config_id": config_id(params)}
+            plans, _, _ = member_plans(setup, [entry])
+            keyed.append((pack_key(plans[0]), entry))
+    packs, groups = make_packs(keyed, config.pack)
+    notes = [
+        f"--pack {config.pack}: {len(keyed)} trials in {len(packs)} pack(s)"
+        + (
+            f"; they form {groups} groups that differ in architecture or seed, each packed "
+            "separately"
+            if groups > 1
+            else ""
+        )
+    ]
+    return packs, notes
+
+
+def _trial_resources(config: TuneConfig, trials: int) -> TrialResources:
+    import ray
+
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return plan_trials(
+        nodes,
+        cpus_per_trial=config.cpus_per_trial,
+        gpus_per_trial=config.gpus_per_trial,
+        max_concurrent=config.max_concurrent,
+        trials=trials * config.seeds,
+    )
+
+
+def _decoded(base: TrainConfig) -> tuple[Any, TrialData]:
+    """The search's training plan and its cells decoded once (in-process trials)."""
+    from raymmi.run._train import plan_training
+
+    train_plan, shard, extra = plan_training(base)
+    return train_plan, trial_data(train_plan, shard, extra)
 
 
 def _live_callbacks(tuner: Any) -> list[Any]:

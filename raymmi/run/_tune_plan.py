@@ -84,6 +84,101 @@ def plan_resources(
     return ResourcePlan(concurrent, float(cpus_per_worker), tuple(notes))
 
 
+@dataclasses.dataclass(frozen=True)
+class TrialResources:
+    """In-process trials: resources of one trial, how many run at once, torch threads."""
+
+    concurrent: int
+    cpus: float
+    gpus: float
+    threads: int
+    notes: tuple[str, ...] = ()
+
+
+def _describe(nodes: list[Mapping[str, float]]) -> str:
+    cpus = sum(float(n.get("CPU", 0)) for n in nodes)
+    gpus = sum(float(n.get("GPU", 0)) for n in nodes)
+    sizes = ", ".join(
+        f"{float(n.get('CPU', 0)):g} CPU" + (f" + {float(n['GPU']):g} GPU" if n.get("GPU") else "")
+        for n in nodes
+    )
+    return f"{len(nodes)} node(s) with {cpus:g} CPUs and {gpus:g} GPUs in all ({sizes})"
+
+
+def plan_trials(
+    nodes: list[Mapping[str, float]],
+    *,
+    cpus_per_trial: float | None,
+    gpus_per_trial: float,
+    max_concurrent: int | None,
+    trials: int,
+) -> TrialResources:
+    """Check that one in-process trial fits a node of the cluster; decide how many run at once.
+
+    ``nodes`` are the alive nodes' resources (``ray.nodes()``). A trial asks for
+    ``cpus_per_trial`` CPUs (default 1, less on a node smaller than that) and
+    ``gpus_per_trial`` GPUs; trials at once are what the nodes can place.
+
+    Raises
+    ------
+    RaymmiError
+        GPUs asked for on a cluster without any, or more CPUs or GPUs per trial than the
+        largest node has: the message says what the cluster has.
+    """
+    if not nodes:
+        msg = "the Ray cluster has no alive node"
+        raise RaymmiError(msg)
+    largest_cpu = max(float(n.get("CPU", 0)) for n in nodes)
+    largest_gpu = max(float(n.get("GPU", 0)) for n in nodes)
+    if gpus_per_trial > 0 and largest_gpu == 0:
+        msg = (
+            f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs, but the cluster has none: "
+            f"{_describe(nodes)}. Drop --gpus-per-trial (trials train on CPUs) or connect to "
+            "a cluster with GPUs (--address)"
+        )
+        raise RaymmiError(msg)
+    if gpus_per_trial > largest_gpu:
+        msg = (
+            f"--gpus-per-trial {gpus_per_trial:g} is more than any node has (the largest has "
+            f"{largest_gpu:g}): {_describe(nodes)}. Use --gpus-per-trial {largest_gpu:g} or less"
+        )
+        raise RaymmiError(msg)
+    if cpus_per_trial is not None and cpus_per_trial > largest_cpu:
+        msg = (
+            f"--cpus-per-trial {cpus_per_trial:g} is more than any node has (the largest has "
+            f"{largest_cpu:g}): {_describe(nodes)}. Use --cpus-per-trial {largest_cpu:g} or less"
+        )
+        raise RaymmiError(msg)
+    cpus = cpus_per_trial if cpus_per_trial is not None else min(1.0, largest_cpu)
+    if cpus <= 0:
+        msg = f"the cluster has no CPU to run a trial on: {_describe(nodes)}"
+        raise RaymmiError(msg)
+    fit = 0
+    for node in nodes:
+        by_cpu = math.floor(float(node.get("CPU", 0)) / cpus + 1e-9)
+        by_gpu = (
+            math.floor(float(node.get("GPU", 0)) / gpus_per_trial + 1e-9)
+            if gpus_per_trial > 0
+            else by_cpu
+        )
+        fit += min(by_cpu, by_gpu)
+    notes: list[str] = []
+    concurrent = fit
+    if max_concurrent is not None:
+        if max_concurrent > fit:
+            notes.append(
+                f"--max-concurrent {max_concurrent} is more than the cluster can place: each "
+                f"trial needs {cpus:g} CPU(s)"
+                + (f" and {gpus_per_trial:g} GPU" if gpus_per_trial else "")
+                + f" on {_describe(nodes)}; capping at {fit}"
+            )
+        concurrent = min(max_concurrent, fit)
+    concurrent = max(1, min(concurrent, trials))
+    return TrialResources(
+        concurrent, float(cpus), float(gpus_per_trial), max(1, math.floor(cpus)), tuple(notes)
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # metrics the trainer reports
 # ----------------------------------------------------------------------------------------------

@@ -121,7 +121,8 @@ def _collect(
             if status == "completed"
             else math.nan,
         }
-        for key in ("val_loss", "train_loss", *SCORES, *(f"val_{s}" for s in SCORES)):
+        keys = ("val_loss", "train_loss", "mlflow_seconds", *SCORES, *(f"val_{s}" for s in SCORES))
+        for key in keys:
             if key != metric and key in metrics:
                 row[key] = metrics[key]
         rows.append(row)

@@ -17,6 +17,8 @@ from typing import Any
 from raymmi.config import TrackingConfig, TrainConfig, from_dict
 from raymmi.tune_space import apply_params, thaw
 
+FLUSH_S = 5.0  # in-process trials: seconds between MLflow log_batch calls (and one at the end)
+
 # ----------------------------------------------------------------------------------------------
 # the trial
 # ----------------------------------------------------------------------------------------------
@@ -34,6 +36,14 @@ class _Setup:
     seed: int
     tracking: TrackingConfig
     parent_run_id: str | None
+    # in-process trials: the search's training plan (dims, layout), torch threads, device
+    plan: Any = None
+    threads: int = 1
+    device: str = "cpu"
+    # packed trials: ASHA's rungs (applied to a pack's members), the metric and its mode
+    rungs: Any = None
+    metric: str = ""
+    mode: str = "max"
 
 
 def _encode(value: Any) -> Any:
@@ -82,7 +92,7 @@ def _epoch_report() -> Any:
 
 
 def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
-    """The Tune function trainable: one Ray Train run of one configuration and seed."""
+    """The Tune function trainable of a Train trial: one Ray Train run of a config and seed."""
     from ray import tune
 
     from raymmi.run._train import finished, train
@@ -91,17 +101,11 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
     folder = Path(setup.out) / "trials" / trial_id
     done = folder / "trial.json"
     if done.exists():  # trained before an interruption: replay its reports, train nothing
-        saved = json.loads(done.read_text())
-        for row in [*saved["history"], saved["final"]]:
-            tune.report(row)
+        _replay(done)
         return
-    params, index = trial_params(config, setup.keys)
-    seed = int(setup.base["optim"].get("seed", 0)) + index
-    tree = apply_params(setup.base, {**setup.fixed, **params})
-    tree["optim"]["seed"] = seed
+    params, seed, tree, cid = _trial_config(config, setup)
     tree["out"] = str(folder)
     train_config = from_dict(TrainConfig, tree, where="trial")
-    cid = config_id(params)
     tags = {
         "raymmi.search": setup.name,
         "raymmi.trial_id": trial_id,
@@ -121,6 +125,31 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
             tags=tags,
             run_name=f"{setup.name}-{trial_id}",
         )
+    tune.report(_finish(folder, params, seed, cid, metrics))
+
+
+def _trial_config(config: Mapping[str, Any], setup: _Setup) -> tuple[dict, int, dict, str]:
+    """A trial's searched values, seed, training config tree and config id."""
+    params, index = trial_params(config, setup.keys)
+    seed = int(setup.base["optim"].get("seed", 0)) + index
+    tree = apply_params(setup.base, {**setup.fixed, **params})
+    tree["optim"]["seed"] = seed
+    return params, seed, tree, config_id(params)
+
+
+def _replay(done: Path) -> None:
+    """Report a finished trial's saved rows again (a resumed search), train nothing."""
+    from ray import tune
+
+    saved = json.loads(done.read_text())
+    for row in [*saved["history"], saved["final"]]:
+        tune.report(row)
+
+
+def _finish(
+    folder: Path, params: Mapping[str, Any], seed: int, cid: str, metrics: Mapping[str, Any]
+) -> dict[str, float]:
+    """Write ``trial.json`` (the trial's commit marker) and return its final report."""
     history = _history(folder)
     final = {k: float(v) for k, v in metrics.items() if _is_number(v)}
     final["epochs_done"] = len(history) or final.get("epoch", 0) + 1
@@ -128,8 +157,108 @@ def _run_trial(config: dict[str, Any], setup: _Setup) -> None:
     saved = {"params": params, "seed": seed, "config_id": cid, "history": history, "final": final}
     tmp = folder / "trial.json.tmp"
     tmp.write_text(json.dumps(saved, default=float))
-    tmp.replace(done)
-    tune.report(final)
+    tmp.replace(folder / "trial.json")
+    return final
+
+
+def _run_inprocess_trial(config: dict[str, Any], setup: _Setup, data: Any) -> None:
+    """The Tune function trainable of a one-worker trial: trains in this process.
+
+    The loop is ``raymmi train``'s (:func:`raymmi.run._tune_inprocess.train_in_process`);
+    ``data`` is the search's decoded cells from the object store. Every epoch is reported to
+    Tune (ASHA's clock is ``epochs_done``); MLflow gets the epochs in ``log_batch`` calls.
+    """
+    import time
+
+    from ray import tune
+
+    from raymmi import track
+    from raymmi.run._train import finished
+    from raymmi.run._tune_inprocess import train_in_process, trial_plan, write_metrics
+
+    started = time.perf_counter()
+    trial_id = tune.get_context().get_trial_id()
+    folder = Path(setup.out) / "trials" / trial_id
+    done = folder / "trial.json"
+    if done.exists():
+        _replay(done)
+        return
+    params, seed, tree, cid = _trial_config(config, setup)
+    tree["out"] = str(folder)
+    train_config = from_dict(TrainConfig, tree, where="trial")
+    plan = dataclasses.replace(trial_plan(setup.plan, train_config), threads=setup.threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    identity = {k: v for k, v in tree.items() if k not in ("out", "overwrite")}
+    uri = setup.tracking.uri if setup.tracking.enabled else None
+    run_id = None
+    logging_started = time.perf_counter()
+    if uri is not None:
+        tags = {
+            "raymmi.command": "train",
+            "raymmi.model": train_config.model_name,
+            "raymmi.search": setup.name,
+            "raymmi.trial_id": trial_id,
+            "raymmi.config_id": cid,
+            "raymmi.seed": seed,
+            "raymmi.in_process": "true",
+        }
+        if setup.parent_run_id:
+            tags["mlflow.parentRunId"] = setup.parent_run_id
+        run_id = track.start_batched_run(
+            uri,
+            setup.tracking.experiment,
+            run_name=f"{setup.name}-{trial_id}",
+            config=identity,
+            tags=tags,
+        )
+    started_logging = time.perf_counter() - logging_started
+    pending: list[tuple[int, dict[str, float]]] = []
+    clock = {"logged": started_logging, "last": time.perf_counter()}
+
+    def flush() -> None:
+        if run_id is not None and uri is not None and pending:
+            tick = time.perf_counter()
+            track.log_metric_rows(uri, run_id, pending)
+            clock["logged"] += time.perf_counter() - tick
+            clock["last"] = time.perf_counter()
+        pending.clear()
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        pending.append((epoch, metrics))
+        # Buffered: one log_batch every FLUSH_S seconds and at the end. A trial ASHA stops
+        # leaves tune.report through SystemExit, and the `finally` below logs the rest.
+        if time.perf_counter() - clock["last"] > FLUSH_S:
+            flush()
+        tune.report({**metrics, "epochs_done": epoch + 1})
+
+    status = "KILLED"
+    try:
+        if finished(folder, embed=False):  # killed after training, before trial.json
+            metrics = json.loads((folder / "metrics.json").read_text())
+        else:
+            run = train_in_process(
+                plan,
+                data,
+                folder,
+                config=identity,
+                keep_checkpoints=train_config.keep_checkpoints,
+                device=setup.device,
+                report=report,
+            )
+            metrics = write_metrics(folder, run.metrics, started)
+        status = "FINISHED"
+    except Exception:
+        status = "FAILED"
+        raise
+    finally:
+        flush()
+        if run_id is not None and uri is not None:
+            tick = time.perf_counter()
+            track.end_batched_run(uri, run_id, status)
+            clock["logged"] += time.perf_counter() - tick
+    # MLflow's share of the trial: creating, logging and closing its run
+    metrics = {**metrics, "mlflow_seconds": round(clock["logged"], 4)}
+    tune.report(_finish(folder, params, seed, cid, metrics))
 
 
 def _history(folder: Path) -> list[dict[str, float]]:
