@@ -49,6 +49,7 @@ import yaml
 from raymmi import models
 from raymmi.config import RayConfig, TrackingConfig, TrainConfig, to_dict
 from raymmi.io._dest import claiming, work_dir
+from raymmi.run._logs import verbose
 from raymmi.run._tune_callbacks import _callbacks
 from raymmi.run._tune_inprocess import MEMORY_SHARE, TrialData, trial_data
 from raymmi.run._tune_mlflow import (
@@ -472,7 +473,8 @@ def tune(
                     storage_path=str(storage),
                     callbacks=[*ours, *callbacks],
                     failure_config=ray_tune.FailureConfig(max_failures=0),
-                    verbose=1,
+                    # Tune's status tables only with --verbose: raymmi prints the summary
+                    verbose=1 if verbose() else 0,
                 ),
             )
         fit_started = time.perf_counter()

@@ -334,6 +334,7 @@ def _run_pack_trial(
             }
             if member.status == "stopped":
                 tags["raymmi.stopped_early"] = "true"
+                tags["raymmi.stopped_at_epoch"] = len(member.history)
             if setup.parent_run_id:
                 tags["mlflow.parentRunId"] = setup.parent_run_id
             tick = time.perf_counter()
@@ -345,7 +346,8 @@ def _run_pack_trial(
                 tags=tags,
             )
             track.log_metric_rows(uri, run_id, list(enumerate(member.history)))
-            status = {"completed": "FINISHED", "stopped": "KILLED"}.get(member.status, "FAILED")
+            # an early stop is the search working: FINISHED, tagged (KILLED reads as a crash)
+            status = {"completed": "FINISHED", "stopped": "FINISHED"}.get(member.status, "FAILED")
             track.end_batched_run(uri, run_id, status)
             logged += time.perf_counter() - tick
         rows.append(
