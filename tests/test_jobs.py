@@ -79,3 +79,20 @@ def test_ingest_images_job_smoke_test(tmp_path):
     assert _job("ingest_images").main(["--smoke-test", "--out", str(tmp_path)]) == 0
     manifest = open_shard_set(str(tmp_path / "cells")).manifest
     assert manifest.num_rows > 0 and "Nuclei_AreaShape_Area" in manifest.features
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_evaluate_refuses_a_report_inside_its_input(tmp_path, capsys):
+    from raymmi.cli import main
+    from raymmi.config import TrackingConfig
+    from raymmi.run import generate_plates
+    from raymmi.smoke import SMOKE_PLATES
+    from raymmi.testing import PlateSetSpec
+
+    raw = tmp_path / "raw"
+    generate_plates(
+        PlateSetSpec(**SMOKE_PLATES), out=str(raw), tracking=TrackingConfig(enabled=False)
+    )
+    assert main(["evaluate", "plates", str(raw), "--out", str(raw / "report")]) == 2
+    assert "is inside the input" in capsys.readouterr().err
+    assert not (raw / "report").exists()

@@ -33,6 +33,7 @@ import pandas as pd
 from raymmi import plots
 from raymmi.config import RayConfig, TrackingConfig
 from raymmi.io import open_shard_set
+from raymmi.io._dest import claiming
 from raymmi.run._evaluate_checks import _check_inputs, _set_names
 from raymmi.run._evaluate_one import _evaluate_one
 from raymmi.run._evaluate_report import SUMMARY_METRICS, _write_report
@@ -63,6 +64,14 @@ def summary_text(summary: pd.DataFrame) -> str:
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
 
+@claiming(
+    lambda sources, *, out, overwrite=False, **_: {
+        "uri": out,
+        "inputs": list(sources),
+        "overwrite": overwrite,
+        "marker": "index.html",
+    }
+)
 def evaluate_plates(
     sources: Sequence[str],
     *,
