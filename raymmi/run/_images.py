@@ -309,6 +309,13 @@ def _unit_table(
     return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
 
 
+def _profile_units(
+    batch: dict[str, np.ndarray], *, plan: ImagePlan, illum: list[dict[str, Any]]
+) -> pa.Table:
+    """The stateless ``map_batches`` function (no embedding): as :class:`_ProfileUnits`."""
+    return _ProfileUnits(plan, illum, None)(batch)
+
+
 class _ProfileUnits:
     """The ``map_batches`` callable: a batch of work rows to one table of cells + QC rows."""
 
@@ -510,20 +517,33 @@ def ingest_images(
         illum_refs = _illumination(fields, plan.channels) if config.illum == "plate" else {}
         units = _units(fields, negcon, config.aggregate)
         ds = ray.data.from_items(units, override_num_blocks=len(units))
-        ds = ds.map_batches(
-            _ProfileUnits,
-            batch_size=1,
-            fn_constructor_kwargs={"plan": plan, "illum": [illum_refs], "embed": plan.embed},
-            concurrency=(1, min(workers, len(units))),
-            num_cpus=1,
-            batch_format="numpy",
-        )
+        size = max(1, min(workers, len(units)))
+        if plan.embed is None:
+            # stateless: Ray tasks on reused worker processes (an autoscaling actor pool began
+            # with one actor and started the rest late, so a few fields ran one at a time)
+            ds = ds.map_batches(
+                _profile_units,
+                batch_size=1,
+                fn_kwargs={"plan": plan, "illum": [illum_refs]},
+                compute=ray.data.TaskPoolStrategy(size=size),
+                num_cpus=1,
+                batch_format="numpy",
+            )
+        else:  # the CNN is loaded once per actor
+            ds = ds.map_batches(
+                _ProfileUnits,
+                batch_size=1,
+                fn_constructor_kwargs={"plan": plan, "illum": [illum_refs], "embed": plan.embed},
+                compute=ray.data.ActorPoolStrategy(size=size),
+                num_cpus=1,
+                batch_format="numpy",
+            )
         schema = plan.schema()
         key = OBJECT_COUNT if plan.aggregate else OBJECT_NUMBER
         sink = _ImageSink(writer.staging, schema=schema, key=key)
-        # The map actors hold one CPU each: writes take a sliver, or they queue behind them
+        # The map work holds one CPU a field: writes (I/O) take none, or they queue behind it
         # (measured: 22 s of write backpressure on 3 fields with 2 CPUs).
-        _gather_user(lambda: ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.1}))
+        _gather_user(lambda: ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}))
         qc = pd.DataFrame(sink.qc)
         _write_qc(writer.staging, qc)
         figure = _qc_figure(fields[0], plan, illum_refs)
