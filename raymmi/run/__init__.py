@@ -1,19 +1,52 @@
-"""The one layer that touches Ray: tasks and Ray Data pipelines composing the pure parts."""
+"""The one layer that touches Ray: tasks and Ray Data pipelines composing the pure parts.
 
-from raymmi.run._cells import generate_cells, ingest_cells
-from raymmi.run._datasets import read_dataset
-from raymmi.run._evaluate import evaluate_plates, summary_text
-from raymmi.run._export import export
-from raymmi.run._images import generate_images, ingest_images
-from raymmi.run._normalize import normalize
-from raymmi.run._plates import generate_plates, ingest_plates
-from raymmi.run._preprocess import preprocess_cells
-from raymmi.run._runtime import gather, init_ray
-from raymmi.run._select import select_features
-from raymmi.run._tasks import TaskConfig, run_task, score_text
-from raymmi.run._train import train
-from raymmi.run._tune import tune
+The public names load on first use: a Ray worker that runs one stage's task (which imports
+``raymmi.run.<stage module>``) does not import every other stage, torch and MLflow with it
+(importing all of them took 10-14 s per worker process on 2 cores).
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from raymmi.run._cells import generate_cells, ingest_cells
+    from raymmi.run._datasets import read_dataset
+    from raymmi.run._evaluate import evaluate_plates, summary_text
+    from raymmi.run._export import export
+    from raymmi.run._images import generate_images, ingest_images
+    from raymmi.run._normalize import normalize
+    from raymmi.run._plates import generate_plates, ingest_plates
+    from raymmi.run._preprocess import preprocess_cells
+    from raymmi.run._runtime import gather, init_ray
+    from raymmi.run._select import select_features
+    from raymmi.run._tasks import TaskConfig, run_task, score_text
+    from raymmi.run._train import train
+    from raymmi.run._tune import tune
+
+_WHERE = {
+    "TaskConfig": "_tasks",
+    "evaluate_plates": "_evaluate",
+    "export": "_export",
+    "gather": "_runtime",
+    "generate_cells": "_cells",
+    "generate_images": "_images",
+    "generate_plates": "_plates",
+    "ingest_cells": "_cells",
+    "ingest_images": "_images",
+    "ingest_plates": "_plates",
+    "init_ray": "_runtime",
+    "normalize": "_normalize",
+    "preprocess_cells": "_preprocess",
+    "read_dataset": "_datasets",
+    "run_task": "_tasks",
+    "score_text": "_tasks",
+    "select_features": "_select",
+    "summary_text": "_evaluate",
+    "train": "_train",
+    "tune": "_tune",
+}
 __all__ = [
     "TaskConfig",
     "evaluate_plates",
@@ -36,3 +69,16 @@ __all__ = [
     "train",
     "tune",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        msg = f"module 'raymmi.run' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f"raymmi.run.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
