@@ -63,3 +63,12 @@ def test_epoch_printer_reads_the_checkpoints_as_they_appear(tmp_path, capsys):
         "  epoch 2/3: train_loss=0.5",
         "  epoch 3/3: train_loss=0.3333",
     ]
+
+
+def test_a_search_prints_a_line_per_ended_trial():
+    from raymmi.run._tune_callbacks import trial_line
+
+    assert trial_line(3, "ab12", "ended", {"val_ari": 0.41234, "epochs_done": 2}, "val_ari") == (
+        "  trial 3 (ab12) ended after 2 epochs: val_ari=0.4123"
+    )
+    assert trial_line(1, "x", "failed", {}, "val_ari") == "  trial 1 (x) failed"

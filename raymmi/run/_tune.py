@@ -433,7 +433,7 @@ def tune(
             trainable = ray_tune.with_resources(
                 ray_tune.with_parameters(_run_trial, setup=setup), {"cpu": DRIVER_CPU}
             )
-        ours = _callbacks()
+        ours = _callbacks(metric=config.metric)
         storage = out / "tune"
         experiment = storage / name
         if saved is not None and ray_tune.Tuner.can_restore(str(experiment)):

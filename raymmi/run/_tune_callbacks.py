@@ -47,8 +47,41 @@ def reap_orphaned_placement_groups() -> int:
     return removed
 
 
-def _callbacks(every_s: float = 1.0) -> list[Any]:
+def trial_line(done: int, trial_id: str, status: str, result: dict[str, Any], metric: str) -> str:
+    """One line when a trial ends: its number, id, how it ended and its last metric."""
+    value = result.get(metric)
+    shown = f" {metric}={value:.4g}" if isinstance(value, int | float) else ""
+    epochs = result.get("epochs_done")
+    after = f" after {int(epochs)} epoch{'s' if epochs != 1 else ''}" if epochs else ""
+    return f"  trial {done} ({trial_id}) {status}{after}:{shown}".rstrip(":")
+
+
+def _callbacks(every_s: float = 1.0, *, metric: str | None = None) -> list[Any]:
     from ray.tune import Callback
+
+    from raymmi.run._logs import verbose
+
+    class Progress(Callback):
+        """Prints one line per ended trial (Tune's own tables show only with --verbose)."""
+
+        def __init__(self) -> None:
+            self.done = 0
+
+        def _say(self, trial: Any, status: str) -> None:
+            self.done += 1
+            if metric is not None and not verbose():
+                result = dict(getattr(trial, "last_result", None) or {})
+                print(trial_line(self.done, trial.trial_id, status, result, metric), flush=True)
+
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self._say(trial, "ended")
+
+        def on_trial_error(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self._say(trial, "failed")
 
     class Reaper(Callback):
         """Every ``every_s`` seconds, free the CPUs stopped trials' Train workers still hold."""
@@ -106,4 +139,4 @@ def _callbacks(every_s: float = 1.0) -> list[Any]:
         def set_state(self, state: dict[str, Any]) -> None:
             self.times = dict(state.get("times", {}))
 
-    return [Reaper(), Clock()]
+    return [Reaper(), Clock(), Progress()]
