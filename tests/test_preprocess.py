@@ -301,7 +301,7 @@ def test_refuses_a_missing_batch_key_and_an_existing_output(multiome, tmp_path):
     )
     with pytest.raises(RaymmiError, match=r"batch_key='donor' is not a column"):
         preprocess_cells(config, source=multiome, out=str(tmp_path / "o"), tracking=OFF)
-    with pytest.raises(RaymmiError, match="is the input shard set"):
+    with pytest.raises(RaymmiError, match="is the input"):
         preprocess_cells(
             cells.PreprocessCellsConfig(), source=multiome, out=multiome, tracking=OFF
         )
