@@ -587,6 +587,25 @@ def test_local_ray_listens_on_loopback_only(ray_session):
     assert not exposed, exposed
 
 
+def test_a_second_driver_joins_the_loopback_ray(ray_session):
+    """Another process given this Ray's address (as `RAY_ADDRESS`) connects and runs a task.
+
+    Before: the joining driver resolved 127.0.0.1 to the node's IP, where a loopback-only Ray
+    does not listen, and retried for minutes (a killed search's driver never started).
+    """
+    address = ray_session.get_runtime_context().gcs_address
+    code = (
+        "from raymmi.config import RayConfig; from raymmi.run import init_ray; import ray\n"
+        "init_ray(RayConfig(address=%r))\n"
+        "print(ray.get(ray.remote(lambda: 41 + 1).remote()))" % address
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("42"), done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_train_overwrite_stages_then_swaps(ray_session, tmp_path):
     """A real Ray Train run with --overwrite onto an old folder: staged, then swapped in."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -64,12 +65,17 @@ def init_ray(config: RayConfig | None = None) -> dict[str, Any]:
             # Inside `ray job submit` the job's runtime env (jobs/runtime_env.yaml) already
             # applies; Ray refuses a driver runtime env that repeats any of its keys.
             in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-            ray.init(
-                address=address,
-                runtime_env=None if in_job else runtime_env,
-                logging_level=logging.WARNING,
-                log_to_driver=verbose(),
-            )
+            # A driver joining a cluster on this machine's loopback (a local Ray of another
+            # raymmi process, a test's session) must see itself on 127.0.0.1 too: otherwise Ray
+            # resolves the address to the node's IP, where nothing listens, and retries forever.
+            joins_loopback = _is_loopback(address)
+            with _loopback_only() if joins_loopback else contextlib.nullcontext():
+                ray.init(
+                    address=address,
+                    runtime_env=None if in_job else runtime_env,
+                    logging_level=logging.WARNING,
+                    log_to_driver=verbose(),
+                )
         else:
             store = config.object_store_mb
             store_bytes = store << 20 if store else min(_total_memory() // 4, _MAX_OBJECT_STORE)
@@ -118,6 +124,31 @@ def _loopback_only() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = old_env
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``address`` names a cluster that listens on this machine's loopback only.
+
+    True for a ``127.x`` / ``localhost`` / ``::1`` address whose port does not answer on the
+    node's own IP (a cluster started by :func:`init_ray`, or by ``ray start`` with
+    ``--node-ip-address 127.0.0.1``). A cluster on every interface reached through 127.0.0.1
+    registers its raylet at the node's IP, so the driver keeps Ray's own choice there.
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+    if not loopback:
+        return False
+    from ray._private.services import get_node_ip_address
+
+    try:
+        with socket.create_connection((get_node_ip_address(), int(port)), 1.0):
+            return False
+    except (OSError, ValueError):
+        return True
 
 
 def check_reachable(address: str, *, timeout: float = 3.0) -> None:
