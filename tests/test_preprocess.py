@@ -166,6 +166,13 @@ def test_multiome_end_to_end_matches_in_memory_and_scanpy(multiome, tmp_path):
     back = ad.read_h5ad(tmp_path / "pp.h5ad")
     assert (back.layers["counts"] != raw).nnz == 0 and (back.X != raw).nnz == 0
     assert list(back.var_names[back.var["highly_variable"]]) == list(b.var_names)
+    # the HVG statistics land in .var where scanpy puts them (genes filtered out: NaN)
+    kept = a.var_names
+    for column in ("means", "dispersions", "dispersions_norm", "highly_variable_nbatches"):
+        ours = back.var.loc[kept, column].to_numpy(dtype=float)
+        np.testing.assert_allclose(ours, a.var[column].to_numpy(dtype=float), rtol=1e-4, atol=1e-5)
+    assert back.var.loc[~back.var_names.isin(kept), "means"].isna().all()
+    assert back.var.loc[kept, "highly_variable_intersection"].dtype == bool
     assert {"X_pca", "X_lsi", "rna_hvg", "atac"} <= set(back.obsm)
     assert back.obsm["X_pca"].shape == (
         manifest.num_rows,
@@ -223,6 +230,9 @@ def test_cite_end_to_end_with_tracking(cite, tmp_path):
     assert np.abs(mdata["adt"].layers["clr"] - cells.clr(block.adt)).max() <= 1e-6
     assert mdata["rna"].obsm["X_pca"].shape == (900, 8)
     assert int(mdata["rna"].var["highly_variable"].sum()) == 120
+    v3 = mdata["rna"].var
+    assert {"means", "variances", "variances_norm", "highly_variable_rank"} <= set(v3.columns)
+    assert v3.loc[v3["highly_variable"], "highly_variable_rank"].max() < 120
     assert "cell_type" in mdata.obs
 
 

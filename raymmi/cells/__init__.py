@@ -61,6 +61,7 @@ from raymmi.cells._pipeline import (
     plan_pass,
     rna_output_name,
     transform_block,
+    var_statistics,
 )
 from raymmi.cells._rna import (
     PcaFit,
@@ -139,6 +140,7 @@ __all__ = [
     "plan_pass",
     "qc_metrics",
     "rna_output_name",
+    "var_statistics",
     "scale",
     "scale_params",
     "seurat_v3_clip",

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from raymmi.cells._config import PreprocessCellsConfig
 from raymmi.cells._partials import merge_partials
-from raymmi.cells._pipeline_fit import MAX_PCA_FEATURES, fit_pass
+from raymmi.cells._pipeline_fit import MAX_PCA_FEATURES, fit_pass, var_statistics
 from raymmi.cells._pipeline_plan import plan_pass
 from raymmi.cells._pipeline_state import Block, State, initial_state
 from raymmi.cells._pipeline_stats import block_statistics, check_counts
@@ -48,6 +48,7 @@ __all__ = [
     "lsi_names",
     "plan_pass",
     "rna_output_name",
+    "var_statistics",
     "transform_block",
 ]
 

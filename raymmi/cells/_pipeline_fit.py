@@ -175,6 +175,28 @@ def fit_pass(config: PreprocessCellsConfig, state: State, stats: Mapping[str, An
     return state
 
 
+def var_statistics(state: State) -> dict[str, Any]:
+    """The fitted per-gene statistics for a shard set's manifest: ``{"var": {"rna": {...}}}``.
+
+    The highly-variable-gene table (``means``, ``dispersions``, ``dispersions_norm`` or
+    ``variances``/``variances_norm``/``highly_variable_rank``, ``highly_variable`` ...) as
+    columns of JSON values (NaN as null) with the genes it covers under ``"gene"``, so an export
+    lays them out in ``.var`` where ``sc.pp.highly_variable_genes`` puts them. Empty without HVGs.
+    """
+    table = state.hvg_table
+    if table is None:
+        return {}
+    columns: dict[str, list[Any]] = {"gene": [str(g) for g in table.index]}
+    for name in table.columns:
+        values = table[name].to_numpy()
+        if values.dtype == bool:
+            columns[str(name)] = [bool(v) for v in values]
+        else:
+            floats = values.astype(np.float64)
+            columns[str(name)] = [None if not np.isfinite(v) else float(v) for v in floats]
+    return {"var": {"rna": columns}}
+
+
 def _with_hvg(state: State, table: pd.DataFrame) -> State:
     selected = table["highly_variable"].to_numpy(dtype=bool)
     if not selected.any():

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 from pathlib import Path
 
 import anndata as ad
@@ -143,6 +144,8 @@ def export_cells(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> i
     hvg = next((m for m in others if m.name == "rna_hvg"), None)
     if first is not None and first.name == "rna" and hvg is not None:
         var["highly_variable"] = var.index.isin(hvg.features)
+    if first is not None:
+        var = _with_var_statistics(var, manifest.extra.get("var", {}).get(first.name))
 
     def write(path: str) -> None:
         shell = ad.AnnData(
@@ -207,6 +210,26 @@ def _write_modality(f: h5py.File, target: str, shard_set: ShardSet, modality, n:
         ad.io.write_elem(f, target, sp.csr_matrix((0, width), dtype=np.float32))
 
 
+def _with_var_statistics(var: pd.DataFrame, stats: Mapping[str, Any] | None) -> pd.DataFrame:
+    """``var`` with the per-gene statistics ``preprocess cells`` recorded (HVG means, dispersions).
+
+    Genes the statistics do not cover (removed by the gene filter) get NaN, and ``False`` in
+    boolean columns; ``highly_variable`` itself stays as the HVG modality defines it.
+    """
+    if not stats:
+        return var
+    genes = pd.Index(stats["gene"])
+    for name, values in stats.items():
+        if name in ("gene", "highly_variable"):
+            continue
+        column = pd.Series(values, index=genes)
+        if all(isinstance(v, bool) for v in values):
+            var[name] = column.reindex(var.index, fill_value=False).astype(bool).to_numpy()
+        else:
+            var[name] = column.astype(float).reindex(var.index).to_numpy()
+    return var
+
+
 # where a preprocessed matrix goes in a MuData: its modality, and the slot there
 MUDATA_SLOTS = {
     "rna_pca": ("rna", "obsm", "X_pca"),
@@ -247,8 +270,9 @@ def export_mudata(shard_set: ShardSet, out: str, *, overwrite: bool = False) -> 
             X=x, obs=pd.DataFrame(index=whole.obs_names), var=pd.DataFrame(index=list(m.features))
         )
         adata.layers["counts"] = x
-        if k == 0 and "highly_variable" in whole.var:
-            adata.var["highly_variable"] = whole.var["highly_variable"].to_numpy()
+        if k == 0:
+            for column in whole.var.columns:
+                adata.var[column] = whole.var[column].to_numpy()
         mods[m.name] = adata
     for m in shard_set.manifest.modalities:
         if m.name in MUDATA_SLOTS and MUDATA_SLOTS[m.name][0] in mods:

@@ -433,7 +433,7 @@ def preprocess_cells(
                 modalities=tuple(_output_modalities(shard, config, state)),
                 producer=producer("preprocess cells", cfg, run),
                 parents=(shard.parent_ref(),),
-                extra={"preprocess": summary},
+                extra={"preprocess": summary, **cells.var_statistics(state)},
             )
         )
         _log(run, out, shard, manifest, state, summary, started)
