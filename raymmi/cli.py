@@ -276,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also write the decoder's imputations (dense; large) beside the embedding",
     )
+    tr.add_argument(
+        "--impute-format",
+        choices=["float32", "float16", "sparse"],
+        help="with --impute: dense float32, dense float16, or sparse (see --impute-threshold)",
+    )
+    tr.add_argument(
+        "--impute-threshold",
+        type=float,
+        help="with --impute-format sparse: drop values with |value| below it (e.g. 0.1)",
+    )
     _common(tr)
 
     tu = sub.add_parser("tune", help="hyperparameter search of Ray Train runs with Ray Tune")
@@ -762,6 +772,8 @@ def _train(args: argparse.Namespace) -> int:
         "label_key": args.label_key,
         "extra_data": args.extra_data,
         "impute": args.impute,
+        "impute_format": args.impute_format,
+        "impute_threshold": args.impute_threshold,
         "overwrite": args.overwrite,
     }
     if args.epochs is not None:

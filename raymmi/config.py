@@ -443,6 +443,12 @@ class TrainConfig:
         Also write the model's imputations (decoder output) next to the embedding. Off by
         default: they are dense cells x features matrices (20,000 cells x 5,000 peaks is
         400 MB), wanted only to look at denoised values.
+    impute_format
+        How imputations are stored: ``"float32"`` (dense), ``"float16"`` (dense, half the
+        size, 3 significant digits) or ``"sparse"`` (only values with
+        ``|value| >= impute_threshold``, e.g. ATAC probabilities above 0.1).
+    impute_threshold
+        With ``impute_format="sparse"``: the smallest absolute value kept (> 0).
     metrics_max_cells
         Cells (a seeded sample) the clustering metrics are computed on.
     score_every
@@ -471,6 +477,8 @@ class TrainConfig:
     max_failures: int = 2
     embed: bool = True
     impute: bool = False
+    impute_format: Literal["float32", "float16", "sparse"] = "float32"
+    impute_threshold: float = 0.0
     metrics_max_cells: int = 20_000
     score_every: int = 1
     overwrite: bool = False
@@ -496,6 +504,13 @@ class TrainConfig:
             raise RaymmiError(msg)
         if self.max_failures < 0:
             msg = f"max_failures={self.max_failures!r} must be >= 0"
+            raise RaymmiError(msg)
+        check_choice("impute_format", self.impute_format, ["float32", "float16", "sparse"])
+        if self.impute_format == "sparse" and not self.impute_threshold > 0:
+            msg = (
+                f"impute_format='sparse' needs impute_threshold > 0 (got "
+                f"{self.impute_threshold!r}): the values below it are dropped, e.g. 0.1"
+            )
             raise RaymmiError(msg)
         if self.fault_injection is not None:
             rank, sep, epoch = self.fault_injection.partition(":")

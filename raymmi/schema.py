@@ -332,12 +332,42 @@ def dense_to_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), matrix.shape[1])
 
 
+def encode_matrix(
+    name: str, matrix: np.ndarray, *, fmt: str = "float32", threshold: float = 0.0
+) -> dict[str, pa.Array]:
+    """The ``cells`` layout columns of one dense matrix (values and ``<name>_depth``).
+
+    ``fmt="float32"`` keeps it dense; ``"float16"`` halves it (3 significant digits, values to
+    65,504); ``"sparse"`` keeps only entries with ``|value| >= threshold`` as
+    ``<name>_indices`` / ``<name>_values``. The depth (row sum) is of the stored values.
+    """
+    if fmt == "sparse":
+        kept = np.where(np.abs(matrix) >= threshold, matrix, 0).astype(np.float32)
+        indices, values = sparse_to_lists(sp.csr_matrix(kept))
+        depth = kept.sum(axis=1, dtype=np.float32)
+        return {
+            indices_column(name): indices,
+            values_column(name): values,
+            depth_column(name): pa.array(depth),
+        }
+    if fmt == "float16":
+        half = np.ascontiguousarray(matrix, dtype=np.float16)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(half.reshape(-1)), matrix.shape[1])
+        depth = half.sum(axis=1, dtype=np.float32)
+        return {name: column, depth_column(name): pa.array(depth)}
+    if fmt != "float32":
+        msg = f"format {fmt!r} is not one of ['float32', 'float16', 'sparse']"
+        raise ValueError(msg)
+    depth = np.asarray(matrix).sum(axis=1, dtype=np.float32)
+    return {name: dense_to_list(matrix), depth_column(name): pa.array(depth)}
+
+
 def list_to_dense(column: pa.FixedSizeListArray | pa.ChunkedArray) -> np.ndarray:
     """Inverse of :func:`dense_to_list`: float32 array of shape (n, m)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     width = column.type.list_size
-    return column.flatten().to_numpy().reshape(len(column), width)
+    return column.flatten().to_numpy().astype(np.float32, copy=False).reshape(len(column), width)
 
 
 def cell_batch_to_arrow(batch: CellBatch) -> pa.Table:

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
 from raymmi.schema import (
+    encode_matrix,
     CellBatch,
     FileEntry,
     Manifest,
@@ -80,6 +82,39 @@ def test_sparse_lists_round_trip():
 def test_dense_list_round_trip():
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     np.testing.assert_array_equal(list_to_dense(dense_to_list(x)), x)
+
+
+def test_encode_matrix_formats_round_trip():
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 25)).astype(np.float32)
+    dense = encode_matrix("m", x)
+    np.testing.assert_array_equal(list_to_dense(dense["m"]), x)
+    np.testing.assert_allclose(dense["m_depth"].to_numpy(), x.sum(axis=1), rtol=1e-6)
+
+    half = encode_matrix("m", x, fmt="float16")
+    assert half["m"].type.value_type == pa.float16()
+    back = list_to_dense(half["m"])  # readers get float32
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, x, rtol=1e-3, atol=1e-4)
+    assert half["m"].nbytes < 0.6 * dense["m"].nbytes
+
+    sparse = encode_matrix("m", x, fmt="sparse", threshold=0.7)
+    kept = lists_to_sparse(sparse["m_indices"], sparse["m_values"], n_features=25)
+    expected = np.where(x >= 0.7, x, 0)
+    np.testing.assert_array_equal(kept.toarray(), expected)
+    assert kept.nnz == int((x >= 0.7).sum())
+    np.testing.assert_allclose(sparse["m_depth"].to_numpy(), expected.sum(axis=1), rtol=1e-6)
+    with pytest.raises(ValueError, match="float16"):
+        encode_matrix("m", x, fmt="int8")
+
+
+def test_sparse_imputations_need_a_threshold():
+    from raymmi.config import TrainConfig
+
+    with pytest.raises(RaymmiError, match="impute_threshold > 0"):
+        TrainConfig("sailerx", data="d", out="o", impute=True, impute_format="sparse")
+    with pytest.raises(RaymmiError, match="impute_format"):
+        TrainConfig("sailerx", data="d", out="o", impute_format="bf16")
 
 
 def test_cell_batch_to_arrow_layout():

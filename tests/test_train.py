@@ -276,7 +276,9 @@ def test_sailerx_hybrid_training_and_imputation_through_ray_train(multiome, tmp_
         extra_data=extra,
         label_key="cell_type",
         workers=1,
-        impute=True,  # opt-in
+        impute=True,  # opt-in, stored sparse: ATAC probabilities below 0.5 dropped
+        impute_format="sparse",
+        impute_threshold=0.5,
     )
     metrics = train(config)
     # ATAC-only batches were trained with L_Inv alone (no alignment term)
@@ -287,7 +289,7 @@ def test_sailerx_hybrid_training_and_imputation_through_ray_train(multiome, tmp_
     names = [m.name for m in shard.manifest.modalities]
     assert names == ["X_sailerx", "atac_imputed"]
     imputed = shard.manifest.modality("atac_imputed")
-    assert len(imputed.features) == 800
+    assert len(imputed.features) == 800 and imputed.encoding == "sparse"
     # exported where scanpy looks: .obsm["X_sailerx"] (sc.pp.neighbors(use_rep=...)), no
     # meaningless depth columns of derived matrices
     import anndata as ad
@@ -299,6 +301,9 @@ def test_sailerx_hybrid_training_and_imputation_through_ray_train(multiome, tmp_
     adata = ad.read_h5ad(tmp_path / "emb.h5ad")
     assert set(adata.obsm) == {"X_sailerx", "atac_imputed"} and adata.n_vars == 0
     assert adata.obsm["X_sailerx"].shape == (shard.manifest.num_rows, 8)
+    stored = adata.obsm["atac_imputed"]
+    assert stored.shape == (shard.manifest.num_rows, 800) and stored.nnz < 0.9 * 800 * len(adata)
+    assert stored.data.min() >= 0.5
     assert not [c for c in adata.obs if c.startswith(("X_", "atac_imputed"))]
     sc.pp.neighbors(adata, use_rep="X_sailerx", n_neighbors=5)
     assert "connectivities" in adata.obsp

@@ -125,6 +125,7 @@ def test_asha_optuna_search_over_gamma_and_lambda(multiome, tmp_path):
 
     # MLflow: the parent and one nested run per trial, with per-epoch metrics
     parent = mlflow.get_run(outcome.parent_run_id)
+    assert parent.info.run_name == "gamma-lambda"  # the search's --name
     children = _children(outcome.parent_run_id)
     assert len(children) == 8  # 9 runs: 1 parent + 8 nested
     assert set(children["tags.raymmi.trial_id"]) == set(trials["trial_id"])
@@ -248,6 +249,11 @@ def test_seeds_give_mean_and_sd_per_configuration(multiome, tmp_path, capsys):
     assert len(results) == 2
     assert {"val_loss_mean", "val_loss_sd", "val_loss", "seeds"} <= set(results.columns)
     assert (results["seeds"] == 2).all()
+    # unnamed, the parent run says what was searched
+    import mlflow
+
+    parent = mlflow.get_run(json.loads((out / "search.json").read_text())["parent_run_id"])
+    assert parent.info.run_name.startswith("tune pre ae val_loss ("), parent.info.run_name
     for _, row in results.iterrows():
         values = trials.loc[trials["config_id"] == row["config_id"], "val_loss"]
         assert row["val_loss_mean"] == pytest.approx(values.mean())

@@ -31,8 +31,7 @@ from raymmi.schema import (
     CELL_ID,
     FileEntry,
     Modality,
-    dense_to_list,
-    depth_column,
+    encode_matrix,
 )
 from raymmi.track import Run
 
@@ -54,7 +53,7 @@ def _embed_task(
     metadata: tuple[str, ...],
     staging: str,
     index: int,
-    impute: bool,
+    impute: tuple[str, float] | None,
     sample_fraction: float,
     label_key: str | None,
 ) -> tuple[FileEntry | None, dict[str, np.ndarray]]:
@@ -83,12 +82,15 @@ def _embed_task(
                 imputed = model.impute(batch) if impute else None
                 reference = model.reference(batch)
             arrays = {c: table.column(c) for c in keep}
-            outputs = {f"X_{plan.model_name}": z}
+            arrays.update(encode_matrix(f"X_{plan.model_name}", z))
             for name, tensor in (imputed or {}).items():
-                outputs[f"{name}_imputed"] = tensor.float().numpy()
-            for name, matrix in outputs.items():  # the cells layout: values + row sums
-                arrays[name] = dense_to_list(matrix)
-                arrays[depth_column(name)] = pa.array(matrix.sum(axis=1, dtype=np.float32))
+                assert impute is not None
+                fmt, threshold = impute
+                arrays.update(
+                    encode_matrix(
+                        f"{name}_imputed", tensor.float().numpy(), fmt=fmt, threshold=threshold
+                    )
+                )
             out = pa.table(arrays)
             if writer is None:
                 writer = PartWriter(staging, f"part-{index:05d}.parquet", out.schema)
@@ -131,10 +133,11 @@ def _embed(
     if label_key is not None and label_key not in metadata:
         metadata = (*metadata, label_key)
     fraction = min(1.0, config.metrics_max_cells / max(1, shard.manifest.num_rows))
+    impute = (config.impute_format, config.impute_threshold) if config.impute else None
     state_ref: Any = ray.put(dict(state_dict))
     refs = [
         _embed_task.remote(
-            path, plan, state_ref, metadata, staging, i, config.impute, fraction, label_key
+            path, plan, state_ref, metadata, staging, i, impute, fraction, label_key
         )
         for i, path in enumerate(shard.file_uris())
     ]
@@ -149,9 +152,13 @@ def _embed(
     modalities = [Modality(f"X_{plan.model_name}", "dense", tuple(f"z{i}" for i in range(width)))]
     columns = set(_part_columns(staging, entries[0])) if entries else set()
     for name in plan.layout.inputs.modalities:
-        if f"{name}_imputed" in columns:
-            features = plan.layout.dims.features[name]
-            modalities.append(Modality(f"{name}_imputed", "dense", features))
+        imputed = Modality(
+            f"{name}_imputed",
+            "sparse" if config.impute_format == "sparse" else "dense",
+            plan.layout.dims.features[name],
+        )
+        if set(imputed.columns()) <= columns:
+            modalities.append(imputed)
     return _Embedded(
         entries=entries,
         samples=samples,

@@ -94,7 +94,7 @@ from raymmi.run._tune_trial import (
     trial_params,
 )
 from raymmi.schema import RaymmiError
-from raymmi.track import tracking_uri
+from raymmi.track import run_label, tracking_uri
 from raymmi.tune_space import (
     Dimension,
     SearchSpace,
@@ -377,7 +377,12 @@ def tune(
         "resources": resource_record,
     }
     parent_id = saved.get("parent_run_id") if saved else None
-    with _parent_run(trial_tracking, name, parent_config, parent_id) as parent:
+    # the parent run says what was searched: "tune cite_pre umint val_ari (24 trials)"
+    parent_name = config.name or (
+        f"{run_label('tune', {'data': base.data, 'model_name': base.model_name})} "
+        f"{config.metric} ({trials} trials)"
+    )
+    with _parent_run(trial_tracking, parent_name, parent_config, parent_id) as parent:
         if saved is None:
             (out / SEARCH_FILE).write_text(
                 json.dumps({**record, "parent_run_id": parent.run_id}, indent=2, default=list)
