@@ -37,6 +37,12 @@ def test_quiet_unless_verbose(monkeypatch, caplog):
         logger.warning("Token authentication is enabled for this Ray cluster. Set ...")
         logger.warning("a real warning")
     assert [r.getMessage() for r in caplog.records] == ["a real warning"]
+    caplog.clear()
+    progress = logging.getLogger("ray.data._internal.progress")
+    with caplog.at_level(logging.WARNING, logger="ray.data._internal.progress"):
+        progress.warning("Progress bars disabled. To enable, set ...")
+    assert not caplog.records
+    assert logging.getLogger("mlflow.store.db.utils").getEffectiveLevel() == logging.WARNING
     monkeypatch.setenv(VERBOSE_ENV, "1")
     assert verbose() and train_log_level() == "INFO" and worker_log_env() == {}
 

@@ -14,7 +14,9 @@ warnings and errors and drops the rest:
   Ray Train's controller and placement-group cleaner warn every few seconds when Ray runs
   without its dashboard, and Ray Data's actors print notices; it all stays in Ray's session
   log folder (``/tmp/ray/session_latest/logs``). Errors still reach the driver as exceptions;
-- the token-authentication notice of ``ray.init`` is dropped (the cluster stays token-protected).
+- the token-authentication notice of ``ray.init`` is dropped (the cluster stays token-protected),
+  and so are Ray Data's "Progress bars disabled" notice (raymmi prints one line per epoch
+  instead of bars there) and MLflow's "Creating initial MLflow database tables" lines.
 
 ``raymmi --verbose`` (``RAYMMI_VERBOSE=1``) restores all of Ray's logs.
 """
@@ -46,7 +48,11 @@ def worker_log_env() -> dict[str, str]:
 class _DropNotices(logging.Filter):
     """Drops Ray's informational notices that arrive at warning level."""
 
-    NOTICES = ("Token authentication is enabled for this Ray cluster",)
+    NOTICES = (
+        "Token authentication is enabled for this Ray cluster",
+        # raymmi turns Ray Data's bars off where it prints its own lines (training epochs)
+        "Progress bars disabled",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(n in record.getMessage() for n in self.NOTICES)
@@ -60,7 +66,13 @@ def quiet_driver() -> None:
         os.environ.setdefault(name, value)
     if "ray.data" in sys.modules:  # configured at import: set the level it already read
         logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
-    for name in ("ray", "ray._private.authentication.authentication_token_setup"):
+    # MLflow announces creating and upgrading its SQLite tables on every new store
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    for name in (
+        "ray",
+        "ray._private.authentication.authentication_token_setup",
+        "ray.data._internal.progress",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNotices) for f in logger.filters):
             logger.addFilter(_DropNotices())
