@@ -106,7 +106,9 @@ def _ingest_cells(root: Path) -> list[str]:
 def _ingest_images(root: Path) -> list[str]:
     from raymmi import run
 
-    load = run.generate_images(out=str(root / "fields"), wells=2, sites=1, size=192, overwrite=True)
+    load = run.generate_images(
+        out=str(root / "fields"), wells=2, sites=1, size=192, overwrite=True
+    )
     return [
         *("ingest", "images", load, "--out", str(root / "cells"), "--overwrite"),
         *("--nuclei-channel", "DNA", "--cell-channel", "AGP"),
@@ -240,11 +242,7 @@ def job_main(argv: list[str] | None = None) -> int:
 
     words = list(sys.argv[1:] if argv is None else argv)
     stage = next(
-        (
-            " ".join(words[:n])
-            for n in (2, 1)
-            if len(words) >= n and " ".join(words[:n]) in STAGES
-        ),
+        (" ".join(words[:n]) for n in (2, 1) if len(words) >= n and " ".join(words[:n]) in STAGES),
         None,
     )
     if stage is None:

@@ -140,7 +140,7 @@ def test_generate_cells_and_images_jobs_smoke_test(tmp_path):
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_cell_stage_jobs_smoke_test(tmp_path):
-    """ingest cells, preprocess cells and task: each on 400 generated cells (~40 s on 2 cores)."""
+    """ingest cells, preprocess cells and task on 400 generated cells (133 s, 2 cores, load 16)."""
     import json
 
     assert _job("ingest cells").main(["--smoke-test", "--out", str(tmp_path)]) == 0

@@ -25,7 +25,9 @@ TRAIN_SUMMARY = (
 def ingest_plates(config: Any, args: argparse.Namespace) -> int:
     from raymmi import run
 
-    manifest = run.ingest_plates(config, ray_config=ray_config(args), tracking=tracking_config(args))
+    manifest = run.ingest_plates(
+        config, ray_config=ray_config(args), tracking=tracking_config(args)
+    )
     print(
         f"wrote {manifest.num_rows} rows, {len(manifest.plates)} plates, "
         f"{len(manifest.features)} features to {config.out}"
@@ -36,7 +38,9 @@ def ingest_plates(config: Any, args: argparse.Namespace) -> int:
 def ingest_cells(config: Any, args: argparse.Namespace) -> int:
     from raymmi import run
 
-    manifest = run.ingest_cells(config, ray_config=ray_config(args), tracking=tracking_config(args))
+    manifest = run.ingest_cells(
+        config, ray_config=ray_config(args), tracking=tracking_config(args)
+    )
     mods = ", ".join(f"{m.name} ({len(m.features)})" for m in manifest.modalities)
     print(f"wrote {manifest.num_rows} cells with {mods} to {config.out}")
     return 0
@@ -57,7 +61,9 @@ def nuclei_diameter(args: argparse.Namespace, data: dict[str, Any]) -> None:
 def ingest_images(config: Any, args: argparse.Namespace) -> int:
     from raymmi import run
 
-    manifest = run.ingest_images(config, ray_config=ray_config(args), tracking=tracking_config(args))
+    manifest = run.ingest_images(
+        config, ray_config=ray_config(args), tracking=tracking_config(args)
+    )
     qc = manifest.extra["field_qc"]
     print(
         f"wrote {manifest.num_rows} rows ({qc['cells']} cells from {qc['fields']} fields, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import re
 import types
 import typing
@@ -18,7 +19,6 @@ from raymmi.config import (
     from_dict,
     load_yaml,
 )
-from raymmi.schema import RaymmiError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +174,7 @@ def _field_flags(stage: Stage, cls: type, *, section: str) -> Iterator[FieldFlag
 
 
 def _argparse_kwargs(hint: Any, field: dataclasses.Field[Any]) -> dict[str, Any] | None:
-    """argparse arguments of a field's type; ``None``: no flag (sections, mappings)."""
+    """The argparse arguments of a field's type; ``None``: no flag (sections, mappings)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
@@ -204,7 +204,7 @@ def field_docs(cls: type) -> dict[str, str]:
     ``a, b`` entries give both fields the same text; reST markup (````x````, ``:class:`X```)
     is dropped and the first letter lowercased, as argparse help reads.
     """
-    lines = (cls.__doc__ or "").splitlines()
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
     docs: dict[str, str] = {}
     names: list[str] = []
     inside = False
@@ -216,9 +216,9 @@ def field_docs(cls: type) -> dict[str, str]:
         if not inside or set(stripped) == {"-"}:
             continue
         indent = len(line) - len(line.lstrip())
-        if stripped and indent <= 4 and not re.fullmatch(r"[a-z_0-9, ]+", stripped):
+        if stripped and indent == 0 and not re.fullmatch(r"[a-z_0-9, ]+", stripped):
             break
-        if stripped and indent <= 4:
+        if stripped and indent == 0:
             names = [n.strip() for n in stripped.split(",")]
             continue
         for name in names:
