@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``raymmi`` command; return its exit code."""
     args = build_parser().parse_args(argv)
     if getattr(args, "verbose", False):
-        from raymmi.run._logs import VERBOSE_ENV
+        from raymmi.run import VERBOSE_ENV
 
         os.environ[VERBOSE_ENV] = "1"
     try:

@@ -35,7 +35,7 @@ def test_map_batches_then_write_parts_keeps_plates_apart(tmp_path):
     import pyarrow.compute as pc
 
     from raymmi.io import ShardSetWriter
-    from raymmi.run._datasets import write_parts
+    from raymmi.run import write_parts
     from raymmi.schema import Manifest
 
     src = shared_file("cellpainting/jump_8plates_3features.parquet")

@@ -13,8 +13,7 @@ from ray.data import Datasink
 from ray.data.block import Block
 from ray.data.datasource import WriteResult
 
-from raymmi.io import ShardSet, resolve, write_part
-from raymmi.io._plates import PlateSplitter
+from raymmi.io import PlateSplitter, ShardSet, resolve, write_part
 from raymmi.schema import FileEntry
 
 

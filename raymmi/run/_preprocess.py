@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 from raymmi import cells
 from raymmi.cells import PreprocessCellsConfig
 from raymmi.config import RayConfig, TrackingConfig, to_dict
-from raymmi.io._dest import claiming
-from raymmi.io._shardset import PartWriter, ShardSet, ShardSetWriter, open_shard_set, resolve
+from raymmi.io import PartWriter, ShardSet, ShardSetWriter, claiming, open_shard_set, resolve
 from raymmi.run._plates import producer
 from raymmi.run._runtime import cancel, gather, init_ray
 from raymmi.schema import (

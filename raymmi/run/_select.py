@@ -22,17 +22,17 @@ import ray
 from tqdm.auto import tqdm
 
 from raymmi.config import RayConfig, TrackingConfig, to_dict
-from raymmi.io._blocklist import read_blocklist
-from raymmi.io._dest import claiming
-from raymmi.io._shardset import (
+from raymmi.io import (
     PartWriter,
     ShardSet,
     ShardSetWriter,
+    claiming,
     open_part,
     open_shard_set,
+    read_blocklist,
     resolve,
 )
-from raymmi.plates._select import (
+from raymmi.plates import (
     REPORT_NAME,
     FeatureStats,
     SelectConfig,

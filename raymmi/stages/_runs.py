@@ -166,8 +166,8 @@ def tune_settings(data: dict[str, Any], where: str) -> tuple[Any, TrainConfig]:
 
 
 def tune(config: tuple[Any, TrainConfig], args: argparse.Namespace) -> int:
+    from raymmi.run import summary_lines
     from raymmi.run import tune as run_tune
-    from raymmi.run._tune import summary_lines
 
     settings, base = config
     outcome = run_tune(

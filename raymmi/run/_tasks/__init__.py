@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from raymmi.config import RayConfig, TrackingConfig
-from raymmi.io._dest import claiming, work_dir
+from raymmi.io import claiming, work_dir
 from raymmi.metrics import MatchingError, check_matching, match_probabilities
 from raymmi.run._runtime import init_ray
 from raymmi.run._tasks._config import _OTHER_CANDIDATES as _OTHER_CANDIDATES

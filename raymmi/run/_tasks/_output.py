@@ -13,7 +13,7 @@ import pyarrow as pa
 import yaml
 
 from raymmi.config import TrackingConfig, to_dict
-from raymmi.io._shardset import ShardSetWriter, write_part
+from raymmi.io import ShardSetWriter, write_part
 from raymmi.run._plates import producer
 from raymmi.run._tasks._config import OUTPUT_NAMES
 from raymmi.run._tasks._methods import _Result
