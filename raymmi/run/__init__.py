@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from raymmi.run._cells import generate_cells, ingest_cells
-    from raymmi.run._datasets import read_dataset, write_parts
+    from raymmi.run._datasets import ShardPartsSink, read_dataset
     from raymmi.run._evaluate import HELDOUT, SCORE, evaluate_plates, summary_text
     from raymmi.run._export import export
     from raymmi.run._images import generate_images, ingest_images
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from raymmi.run._tune_callbacks import trial_line
 
 _WHERE = {
+    "ShardPartsSink": "_datasets",
     "EpochPrinter": "_logs",
     "HELDOUT": "_evaluate",
     "SCORE": "_evaluate",
@@ -67,13 +68,13 @@ _WHERE = {
     "tune": "_tune",
     "verbose": "_logs",
     "worker_log_env": "_logs",
-    "write_parts": "_datasets",
 }
 __all__ = [
     "HELDOUT",
     "SCORE",
     "VERBOSE_ENV",
     "EpochPrinter",
+    "ShardPartsSink",
     "TaskConfig",
     "epoch_line",
     "evaluate_plates",
@@ -101,7 +102,6 @@ __all__ = [
     "tune",
     "verbose",
     "worker_log_env",
-    "write_parts",
 ]
 
 
