@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from raymmi.run._normalize import normalize
     from raymmi.run._plates import generate_plates, ingest_plates
     from raymmi.run._preprocess import preprocess_cells
-    from raymmi.run._runtime import gather, init_ray
+    from raymmi.run._runtime import gather, init_ray, stream
     from raymmi.run._select import select_features
     from raymmi.run._tasks import TaskConfig, run_task, score_text
     from raymmi.run._train import train
@@ -60,6 +60,7 @@ _WHERE = {
     "run_task": "_tasks",
     "score_text": "_tasks",
     "select_features": "_select",
+    "stream": "_runtime",
     "summary_lines": "_tune",
     "summary_text": "_evaluate",
     "train": "_train",
@@ -94,6 +95,7 @@ __all__ = [
     "run_task",
     "score_text",
     "select_features",
+    "stream",
     "summary_lines",
     "summary_text",
     "train",
