@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     from raymmi.run._normalize import normalize
     from raymmi.run._plates import generate_plates, ingest_plates
     from raymmi.run._preprocess import preprocess_cells
-    from raymmi.run._runtime import gather, init_ray, stream
+    from raymmi.run._runtime import (
+        PRIVATE_STATE_CHECKED,
+        check_private_state_api,
+        gather,
+        init_ray,
+        stream,
+    )
     from raymmi.run._select import select_features
     from raymmi.run._tasks import TaskConfig, run_task, score_text
     from raymmi.run._train import train
@@ -36,6 +42,8 @@ if TYPE_CHECKING:
     from raymmi.run._tune_callbacks import trial_line
 
 _WHERE = {
+    "PRIVATE_STATE_CHECKED": "_runtime",
+    "check_private_state_api": "_runtime",
     "ShardPartsSink": "_datasets",
     "EpochPrinter": "_logs",
     "HELDOUT": "_evaluate",
@@ -72,11 +80,13 @@ _WHERE = {
 }
 __all__ = [
     "HELDOUT",
+    "PRIVATE_STATE_CHECKED",
     "SCORE",
     "VERBOSE_ENV",
     "EpochPrinter",
     "ShardPartsSink",
     "TaskConfig",
+    "check_private_state_api",
     "epoch_line",
     "evaluate_plates",
     "export",

@@ -20,7 +20,7 @@ from raymmi.schema import RaymmiError
 T = TypeVar("T")
 
 # Every worker gets single-threaded BLAS: several workers share a node, and oversubscribed
-# BLAS threads made a 600 x 1,134 PCA 150x slower on 2 cores (RAY_NOTES "Threads").
+# BLAS threads made a 600 x 1,134 PCA 150x slower on 2 cores (docs/ray.md, "Threads").
 #
 # Ray Train's controller collects a worker's report only when it polls, every 2 s by default,
 # and a worker holds one report at a time: each epoch of a short run then waited up to 2 s, and
@@ -144,6 +144,26 @@ def check_reachable(address: str, *, timeout: float = 3.0) -> None:
             "unset it to run on a local Ray"
         )
         raise RaymmiError(msg) from None
+
+
+# Ray versions (major.minor) whose private GCS state accessor (``ray._private.state``) the
+# placement-group reaper of ``raymmi tune`` was checked against; tests/test_ray_private.py
+# fails on any other installed Ray, so an upgrade re-checks it instead of breaking silently.
+PRIVATE_STATE_CHECKED = ("2.60",)
+
+
+def check_private_state_api() -> None:
+    """Raise ``RuntimeError`` unless the private state API was checked on the installed Ray."""
+    import ray
+
+    version = ".".join(ray.__version__.split(".")[:2])
+    if version not in PRIVATE_STATE_CHECKED:
+        msg = (
+            f"ray {ray.__version__}: the placement-group reaper reads ray._private.state, "
+            f"checked on ray {', '.join(PRIVATE_STATE_CHECKED)} only; re-check it "
+            "(tests/test_ray_private.py) and add the version to PRIVATE_STATE_CHECKED"
+        )
+        raise RuntimeError(msg)
 
 
 def cancel(refs: Sequence[ray.ObjectRef], *, wait_s: float = 10.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from raymmi.config import TrainConfig, from_dict
@@ -218,32 +219,27 @@ def export(config: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def generate_plates(spec: Any, args: argparse.Namespace) -> int:
-    from raymmi import run
+def _generate(driver: str) -> Callable[[Any, argparse.Namespace], int]:
+    """The run function of ``raymmi generate plates|cells``: ``raymmi.run.<driver>``."""
 
-    manifest = run.generate_plates(
-        spec,
-        out=args.out,
-        overwrite=bool(args.overwrite),
-        ray_config=ray_config(args),
-        tracking=tracking_config(args),
-    )
-    print(f"wrote {manifest.num_rows} rows to {args.out}")
-    return 0
+    def generate(spec: Any, args: argparse.Namespace) -> int:
+        from raymmi import run
+
+        manifest = getattr(run, driver)(
+            spec,
+            out=args.out,
+            overwrite=bool(args.overwrite),
+            ray_config=ray_config(args),
+            tracking=tracking_config(args),
+        )
+        print(f"wrote {manifest.num_rows} rows to {args.out}")
+        return 0
+
+    return generate
 
 
-def generate_cells(spec: Any, args: argparse.Namespace) -> int:
-    from raymmi import run
-
-    manifest = run.generate_cells(
-        spec,
-        out=args.out,
-        overwrite=bool(args.overwrite),
-        ray_config=ray_config(args),
-        tracking=tracking_config(args),
-    )
-    print(f"wrote {manifest.num_rows} rows to {args.out}")
-    return 0
+generate_plates = _generate("generate_plates")
+generate_cells = _generate("generate_cells")
 
 
 def generate_images(config: Any, args: argparse.Namespace) -> int:
