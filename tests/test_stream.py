@@ -20,19 +20,18 @@ def square(ray_session):
 
 
 def test_stream_bounds_the_tasks_in_flight_and_yields_every_result(square):
-    in_flight, most = 0, 0
+    submitted, received, most = [], {}, 0
 
     def submit(x: int):
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
+        nonlocal most
+        # outstanding before this submission: the one just finished is not yielded yet
+        most = max(most, len(submitted) - len(received))
+        submitted.append(x)
         return square.remote(x)
 
-    results = {}
     for item, value in stream(submit, range(10), max_in_flight=3, desc="test"):
-        in_flight -= 1
-        results[item] = value
-    assert results == {x: x * x for x in range(10)} and most == 3
+        received[item] = value
+    assert received == {x: x * x for x in range(10)} and most == 3
 
 
 def test_stream_raises_the_tasks_own_error_and_submits_no_more(square):

@@ -23,12 +23,16 @@ TRAIN_SUMMARY = (
 )
 
 
-def ingest_plates(config: Any, args: argparse.Namespace) -> int:
+def _drive(driver: str, config: Any, args: argparse.Namespace) -> Any:
+    """``raymmi.run.<driver>(config)`` on the command line's Ray and MLflow settings."""
     from raymmi import run
 
-    manifest = run.ingest_plates(
-        config, ray_config=ray_config(args), tracking=tracking_config(args)
-    )
+    stage = getattr(run, driver)
+    return stage(config, ray_config=ray_config(args), tracking=tracking_config(args))
+
+
+def ingest_plates(config: Any, args: argparse.Namespace) -> int:
+    manifest = _drive("ingest_plates", config, args)
     print(
         f"wrote {manifest.num_rows} rows, {len(manifest.plates)} plates, "
         f"{len(manifest.features)} features to {config.out}"
@@ -37,11 +41,7 @@ def ingest_plates(config: Any, args: argparse.Namespace) -> int:
 
 
 def ingest_cells(config: Any, args: argparse.Namespace) -> int:
-    from raymmi import run
-
-    manifest = run.ingest_cells(
-        config, ray_config=ray_config(args), tracking=tracking_config(args)
-    )
+    manifest = _drive("ingest_cells", config, args)
     mods = ", ".join(f"{m.name} ({len(m.features)})" for m in manifest.modalities)
     print(f"wrote {manifest.num_rows} cells with {mods} to {config.out}")
     return 0
@@ -60,11 +60,7 @@ def nuclei_diameter(args: argparse.Namespace, data: dict[str, Any]) -> None:
 
 
 def ingest_images(config: Any, args: argparse.Namespace) -> int:
-    from raymmi import run
-
-    manifest = run.ingest_images(
-        config, ray_config=ray_config(args), tracking=tracking_config(args)
-    )
+    manifest = _drive("ingest_images", config, args)
     qc = manifest.extra["field_qc"]
     print(
         f"wrote {manifest.num_rows} rows ({qc['cells']} cells from {qc['fields']} fields, "
@@ -75,9 +71,7 @@ def ingest_images(config: Any, args: argparse.Namespace) -> int:
 
 
 def normalize(config: Any, args: argparse.Namespace) -> int:
-    from raymmi import run
-
-    manifest = run.normalize(config, ray_config=ray_config(args), tracking=tracking_config(args))
+    manifest = _drive("normalize", config, args)
     counts = manifest.extra.get("fallback_counts", {})
     print(
         f"wrote {manifest.num_rows} rows ({config.method}, reference {config.reference}) to "
@@ -87,11 +81,7 @@ def normalize(config: Any, args: argparse.Namespace) -> int:
 
 
 def select(config: Any, args: argparse.Namespace) -> int:
-    from raymmi import run
-
-    manifest = run.select_features(
-        config, ray_config=ray_config(args), tracking=tracking_config(args)
-    )
+    manifest = _drive("select_features", config, args)
     info = manifest.extra["feature_selection"]
     print(
         f"kept {info['features_kept']} of {info['features_in']} features "
@@ -145,9 +135,7 @@ def epochs_shortcut(args: argparse.Namespace, data: dict[str, Any]) -> None:
 
 
 def train(config: Any, args: argparse.Namespace) -> int:
-    from raymmi import run
-
-    metrics = run.train(config, ray_config=ray_config(args), tracking=tracking_config(args))
+    metrics = _drive("train", config, args)
     shown = {k: v for k, v in metrics.items() if k in TRAIN_SUMMARY and v is not None}
     print(
         f"trained {config.model_name} ({metrics.get('epoch', -1) + 1:.0f} epochs) into "
@@ -198,14 +186,14 @@ def tune(config: tuple[Any, TrainConfig], args: argparse.Namespace) -> int:
 
 
 def task(config: Any, args: argparse.Namespace) -> int:
-    from raymmi import run
+    from raymmi.run import score_text
 
-    scores = run.run_task(config, ray_config=ray_config(args), tracking=tracking_config(args))
+    scores = _drive("run_task", config, args)
     print(f"{config.task} ({config.method or 'default method'}) scores, also in {config.out}:")
     batches = len(config.test_batches) if config.embed_cells == "test" else None
     for name, value in scores.items():
         if isinstance(value, float):
-            print(f"  {name:28s} {run.score_text(name, value, batches=batches)}")
+            print(f"  {name:28s} {score_text(name, value, batches=batches)}")
         else:
             print(f"  {name}: {value}")
     return 0
