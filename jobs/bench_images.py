@@ -30,7 +30,7 @@ from _benchlib import PeakSampler
 
 from raymmi.config import IngestImagesConfig, RayConfig, TrackingConfig
 from raymmi.images import ProfileConfig, profile_field
-from raymmi.io._images import read_field, read_load_data
+from raymmi.io import read_field, read_load_data
 from raymmi.run import generate_images, ingest_images, init_ray
 
 

@@ -58,7 +58,7 @@ OFF = TrackingConfig(enabled=False)
 def _floor(paths: list[str], out: str) -> None:
     import pyarrow.parquet as pq
 
-    from raymmi.io._shardset import parquet_options
+    from raymmi.io import parquet_options
 
     os.makedirs(out, exist_ok=True)
     for i, path in enumerate(paths):

@@ -36,8 +36,7 @@ from pathlib import Path
 from raymmi import testing
 from raymmi.cells import PreprocessCellsConfig
 from raymmi.config import RayConfig, TrackingConfig, from_dict
-from raymmi.run import generate_cells, init_ray
-from raymmi.run._preprocess import preprocess_cells
+from raymmi.run import generate_cells, init_ray, preprocess_cells
 
 OFF = TrackingConfig(enabled=False)
 

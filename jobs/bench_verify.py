@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymmi.io._shardset import read_part, resolve, write_part
+from raymmi.io import read_part, resolve, write_part
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from raymmi.testing._procs import cmdline, descendants
+from raymmi.testing import cmdline, descendants
 
 RAYMMI = [sys.executable, "-m", "raymmi.cli"]
 

@@ -123,6 +123,8 @@ class IngestCellsConfig:
 
     Parameters
     ----------
+    out
+        Output ``cells`` shard set.
     rna
         RNA ``.h5ad`` (or ``.h5mu``; then ``atac``/``adt`` default to its other modalities).
     atac, adt
@@ -163,8 +165,10 @@ class NormalizeConfig:
 
     Parameters
     ----------
-    source, out
-        Input and output shard sets.
+    source
+        Input ``plates`` shard set.
+    out
+        Output shard set.
     method
         ``standardize`` (mean/sd), ``robustize`` (median/IQR), ``mad_robustize``
         ((x - median) / (1.4826 MAD + epsilon)), ``mean`` (centering), ``spherize`` (see
@@ -179,6 +183,11 @@ class NormalizeConfig:
         Metadata column holding the batch (``batch`` reference, ComBat).
     epsilon
         Added to the spread of ``standardize``/``robustize``/``mad_robustize``.
+    spherize_method, spherize_epsilon
+        ``spherize``: the whitening (``ZCA``, ``PCA``; ``-cor`` on the correlation matrix) and
+        the epsilon added to every singular value.
+    nonparametric
+        ``combat``: nonparametric (instead of parametric) empirical-Bayes priors.
     """
 
     source: str
@@ -311,7 +320,15 @@ class IngestImagesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """``raymmi export``: a shard set to ``.parquet``/``.csv`` (plates) or ``.h5ad`` (cells)."""
+    """``raymmi export``: a shard set to ``.parquet``/``.csv`` (plates) or ``.h5ad`` (cells).
+
+    Parameters
+    ----------
+    source
+        Shard set directory.
+    out
+        Output file: ``.parquet``, ``.csv`` or ``.csv.gz`` (plates), ``.h5ad`` or ``.h5mu``.
+    """
 
     source: str
     out: str
@@ -350,6 +367,35 @@ class EvaluatePlatesConfig:
     top_n: int = 20
     seed: int = 0
     overwrite: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateImagesConfig:
+    """``raymmi generate images``: synthetic Cell Painting fields (TIFFs + a LoadData CSV).
+
+    Parameters
+    ----------
+    out
+        Folder for the TIFFs and ``load_data.csv``.
+    plates, wells, sites
+        Plates, wells per plate and fields per well.
+    size
+        Side of a field in pixels.
+    seed
+        Seed of every field.
+    """
+
+    out: str
+    plates: int = 1
+    wells: int = 4
+    sites: int = 2
+    size: int = 256
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("plates", "wells", "sites", "size"):
+            check_positive(name, getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,7 +472,7 @@ class TrainConfig:
         GPUs per worker (0: CPU and gloo; > 0: CUDA, NCCL and AMP).
     cpus_per_worker
         CPUs per worker; ``None``: 1, or less on a cluster too small to leave a CPU for the
-        Ray Data readers (RAY_NOTES "Ray Tune": workers must not starve the readers).
+        Ray Data readers (docs/ray.md, "Ray Tune": workers must not starve the readers).
     checkpoint_every
         Epochs between checkpoints (the last epoch always checkpoints).
     keep_checkpoints

@@ -6,6 +6,7 @@ display needed) and saves nothing: the caller logs it (``Run.log_figure``) or wr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -609,4 +610,62 @@ def field_qc_figure(
     colours = ", ".join(f"{c} {k}" for c, k in zip(names, ("blue", "green", "red"), strict=False))
     n = int(labels["Nuclei"].max()) if "Nuclei" in labels else 0
     ax.set_title(title or f"{colours}; {n} nuclei (white), cells (yellow)", fontsize=9)
+    return fig
+
+
+def variance_ratio_plot(ratio: np.ndarray, *, title: str) -> Figure:
+    """Variance ratio per principal component (log scale), ``ratio`` of shape (n_comps,)."""
+    fig = _figure(5.0, 3.2)
+    ax = fig.add_subplot()
+    ranks = np.arange(1, len(ratio) + 1)
+    ax.plot(ranks, ratio, "o-", ms=3)
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("variance ratio")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    return fig
+
+
+def partner_weights_plot(weights: np.ndarray, *, chance: float, title: str) -> Figure:
+    """Histogram of each test cell's matching weight on its true partner, chance marked."""
+    fig = _figure(4.5, 3.2)
+    ax = fig.add_subplot()
+    ax.hist(weights, bins=40, color="tab:blue")
+    ax.axvline(chance, color="tab:red", lw=1, label=f"random 1/N = {chance:.2g}")
+    ax.set_xlabel("weight on the true partner")
+    ax.set_ylabel("test cells")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def score_bars(scores: Mapping[str, float], *, highlight: str, title: str) -> Figure:
+    """One bar per score in [0, 1] (non-finite ones drawn at 0, labelled n/a)."""
+    fig = _figure(5.0, 3.2)
+    ax = fig.add_subplot()
+    labels = list(scores)
+    finite = [math.isfinite(scores[k]) for k in labels]
+    heights = [scores[k] if ok else 0.0 for k, ok in zip(labels, finite, strict=True)]
+    colors = ["tab:orange" if k == highlight else "tab:blue" for k in labels]
+    ax.bar(labels, heights, color=colors)
+    for i, k in enumerate(labels):
+        text = f"{scores[k]:.3f}" if finite[i] else "n/a"
+        ax.text(i, heights[i] + 0.01, text, ha="center", fontsize=7)
+    ax.set_ylim(0, 1.1)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def predicted_vs_observed(observed: np.ndarray, predicted: np.ndarray, *, title: str) -> Figure:
+    """Hexbin of predicted against observed values (same shape, 1-D), the diagonal dashed."""
+    fig = _figure(4.5, 4.2)
+    ax = fig.add_subplot()
+    ax.hexbin(observed, predicted, gridsize=60, bins="log", mincnt=1, cmap="viridis")
+    low = float(min(observed.min(), predicted.min()))
+    high = float(max(observed.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="0.4", lw=0.8, ls="--")
+    ax.set_xlabel("observed (normalized)")
+    ax.set_ylabel("predicted")
+    ax.set_title(title, fontsize=9)
     return fig

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -46,8 +46,6 @@ FEATURE_TYPE = pa.float32()
 CELL_ID = "cell_id"
 CELL_BATCH = "batch"
 CELL_TYPE = "cell_type"
-MODALITIES = ("rna", "atac", "adt")
-
 Kind = Literal["plates", "cells"]
 Encoding = Literal["sparse", "dense"]
 KINDS: tuple[str, ...] = ("plates", "cells")
@@ -117,15 +115,6 @@ class Modality:
         if self.encoding == "sparse":
             return (indices_column(self.name), values_column(self.name))
         return (self.name,)
-
-    def arrow_fields(self) -> list[pa.Field]:
-        """Arrow fields of this modality's value columns."""
-        if self.encoding == "sparse":
-            return [
-                pa.field(indices_column(self.name), pa.list_(pa.int32())),
-                pa.field(values_column(self.name), pa.list_(pa.float32())),
-            ]
-        return [pa.field(self.name, pa.list_(pa.float32(), len(self.features)))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,15 +247,6 @@ class Manifest:
             msg = f"{where}: num_rows={declared} but the files sum to {manifest.num_rows}"
             raise RaymmiError(msg)
         return manifest
-
-
-def plate_schema(
-    metadata: Sequence[tuple[str, pa.DataType]], features: Sequence[str]
-) -> pa.Schema:
-    """Arrow schema of a ``plates`` shard set: metadata columns then float32 features."""
-    fields = [pa.field(name, dtype) for name, dtype in metadata]
-    fields += [pa.field(name, FEATURE_TYPE) for name in features]
-    return pa.schema(fields)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -181,6 +181,68 @@ def tracked_run(
         yield run
 
 
+@contextlib.contextmanager
+def resumed_run(tracking: TrackingConfig, run_id: str) -> Iterator[Run]:
+    """Re-open the existing run ``run_id`` (a resumed search's parent run)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(tracking))
+    with mlflow.start_run(run_id=run_id):
+        yield Run(run_id, mlflow)
+
+
+def child_runs(uri: str, parent_run_id: str, *, status: str | None = None) -> list[Any]:
+    """Every nested run of a parent (all result pages), only those in ``status`` if given."""
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    if status is not None:
+        query += f" and status = '{status}'"
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = mlflow_client.search_runs([experiment], filter_string=query, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def close_orphaned_children(uri: str, parent_run_id: str) -> int:
+    """Mark nested runs an interrupted search left RUNNING as KILLED; return how many."""
+    runs = child_runs(uri, parent_run_id, status="RUNNING")
+    for run in runs:
+        client(uri).set_terminated(run.info.run_id, status="KILLED")
+    return len(runs)
+
+
+def mark_stopped(uri: str, parent_run_id: str, stopped: set[str]) -> None:
+    """Nested runs of trials ASHA stopped: FINISHED, tagged ``raymmi.stopped_early``.
+
+    A stopped trial's process is ended mid-training, so its run is left RUNNING (or closed
+    by MLflow's exit hook) and says nothing of what happened. Early stopping is the search
+    working as meant, so such a run ends FINISHED (MLflow's red KILLED reads as a crash); the
+    tags say it was stopped and after how many epochs (``raymmi.stopped_at_epoch``). Other
+    runs still RUNNING are KILLED.
+    """
+    mlflow_client = client(uri)
+    for run in child_runs(uri, parent_run_id):
+        trial_id = run.data.tags.get("raymmi.trial_id")
+        if trial_id in stopped:
+            mlflow_client.set_tag(run.info.run_id, "raymmi.stopped_early", "true")
+            last = run.data.metrics.get("epoch")
+            if last is not None:
+                mlflow_client.set_tag(run.info.run_id, "raymmi.stopped_at_epoch", int(last) + 1)
+            mlflow_client.set_terminated(run.info.run_id, status="FINISHED")
+        elif run.info.status == "RUNNING":
+            mlflow_client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def set_parent(uri: str, run_id: str, parent_run_id: str) -> None:
+    """Nest the existing run ``run_id`` under ``parent_run_id`` (MLflow's parent tag)."""
+    client(uri).set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+
+
 def runs_page(
     tracking: TrackingConfig | None = None, *, host: str = "http://127.0.0.1:5000"
 ) -> str:

@@ -45,7 +45,8 @@ def test_job_submitted_to_two_node_cluster(tmp_path, local_cluster):
     env, dashboard = local_cluster
     env = {**env, "RAY_AUTH_MODE": "token"}
     out = tmp_path / "smoke"
-    entrypoint = f'python -c "{CHECK_NODES}" && python jobs/generate.py --smoke-test --out {out}'
+    job = f"python jobs/stage.py generate plates --smoke-test --out {out}"
+    entrypoint = f'python -c "{CHECK_NODES}" && {job}'
     submitted = subprocess.run(
         [
             "ray",

@@ -29,13 +29,13 @@ def test_read_dataset_reads_exactly_the_manifest(tmp_path):
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_map_batches_then_write_parts_keeps_plates_apart(tmp_path):
+def test_map_batches_then_the_parts_sink_keeps_plates_apart(tmp_path):
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from raymmi.io import ShardSetWriter
-    from raymmi.run._datasets import write_parts
+    from raymmi.run import ShardPartsSink
     from raymmi.schema import Manifest
 
     src = shared_file("cellpainting/jump_8plates_3features.parquet")
@@ -50,7 +50,9 @@ def test_map_batches_then_write_parts_keeps_plates_apart(tmp_path):
     ds = read_dataset(shard_set).map_batches(double, batch_format="pyarrow")
     schema = shard_set.read_table().schema
     with ShardSetWriter(str(tmp_path / "out")) as writer:
-        files = write_parts(ds, writer.staging, kind="plates", schema=schema)
+        sink = ShardPartsSink(writer.staging, kind="plates", schema=schema)
+        ds.write_datasink(sink)
+        files = sink.files
         writer.commit(
             Manifest(
                 kind="plates",

@@ -13,8 +13,7 @@ import pytest
 
 from raymmi import testing
 from raymmi.config import NormalizeConfig, TrackingConfig
-from raymmi.run import generate_plates, normalize
-from raymmi.run._evaluate import HELDOUT, SCORE, evaluate_plates
+from raymmi.run import HELDOUT, SCORE, evaluate_plates, generate_plates, normalize
 from raymmi.schema import RaymmiError
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,17 +13,46 @@ from raymmi.io import open_shard_set
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
 
-def _job(name: str):
-    spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")
+def _stage_job():
+    spec = importlib.util.spec_from_file_location("job_stage", JOBS / "stage.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def _job(stage: str):
+    """``jobs/stage.py STAGE ...`` as a ``main(argv)``."""
+    module = _stage_job()
+    return SimpleNamespace(main=lambda argv: module.main([*stage.split(), *argv]))
+
+
+def test_every_stage_has_a_smoke_test():
+    from raymmi.smoke import SMOKES
+    from raymmi.stages import STAGES
+
+    assert list(SMOKES) == list(STAGES)
+    assert sorted(p.name for p in JOBS.glob("*.py") if not p.name.startswith(("bench", "_"))) == [
+        "fault_runs.py",
+        "probe_bad_inputs.py",
+        "stage.py",
+    ]
+
+
+def test_job_names_a_stage(capsys):
+    assert _stage_job().main(["normalise", "--smoke-test"]) == 2
+    assert "is no stage" in capsys.readouterr().err
+
+
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize(
     ("job", "output"),
-    [("generate", "plates"), ("ingest", "ingested"), ("export", "plates.parquet")],
+    [
+        ("generate plates", "plates"),
+        ("ingest plates", "ingested"),
+        ("export", "plates.parquet"),
+        ("normalize", "plates_mad"),
+        ("select", "plates_selected"),
+    ],
 )
 def test_smoke_test(tmp_path, job, output):
     assert _job(job).main(["--smoke-test", "--out", str(tmp_path)]) == 0
@@ -51,10 +81,10 @@ def test_train_job_smoke_test(tmp_path):
 
 @pytest.mark.usefixtures("ray_session")
 def test_evaluate_job_smoke_test(tmp_path, capsys):
-    """`jobs/evaluate.py --smoke-test`: raw vs standardized plates through `raymmi evaluate`."""
+    """`jobs/stage.py evaluate plates --smoke-test`: raw vs standardized plates."""
     import pandas as pd
 
-    assert _job("evaluate").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    assert _job("evaluate plates").main(["--smoke-test", "--out", str(tmp_path)]) == 0
     report = tmp_path / "report"
     assert (report / "index.html").exists()
     summary = pd.read_csv(report / "summary.csv")
@@ -76,7 +106,7 @@ def test_evaluate_cli_bad_input(tmp_path, capsys):
 
 @pytest.mark.usefixtures("ray_session")
 def test_ingest_images_job_smoke_test(tmp_path):
-    assert _job("ingest_images").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    assert _job("ingest images").main(["--smoke-test", "--out", str(tmp_path)]) == 0
     manifest = open_shard_set(str(tmp_path / "cells")).manifest
     assert manifest.num_rows > 0 and "Nuclei_AreaShape_Area" in manifest.features
 
@@ -96,3 +126,28 @@ def test_evaluate_refuses_a_report_inside_its_input(tmp_path, capsys):
     assert main(["evaluate", "plates", str(raw), "--out", str(raw / "report")]) == 2
     assert "is inside the input" in capsys.readouterr().err
     assert not (raw / "report").exists()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_generate_cells_and_images_jobs_smoke_test(tmp_path):
+    assert _job("generate cells").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    manifest = open_shard_set(str(tmp_path / "cells")).manifest
+    assert manifest.num_rows == 300 and [m.name for m in manifest.modalities] == ["rna", "adt"]
+    assert _job("generate images").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    assert len((tmp_path / "fields" / "load_data.csv").read_text().splitlines()) == 1 + 2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_cell_stage_jobs_smoke_test(tmp_path):
+    """ingest cells, preprocess cells and task on 400 generated cells (133 s, 2 cores, load 16)."""
+    import json
+
+    assert _job("ingest cells").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    assert open_shard_set(str(tmp_path / "ingested")).manifest.num_rows == 400
+    assert _job("preprocess cells").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    pre = open_shard_set(str(tmp_path / "cells_pre")).manifest
+    assert pre.num_rows == 400 and "rna_pca" in {m.name for m in pre.modalities}
+    assert _job("task").main(["--smoke-test", "--out", str(tmp_path)]) == 0
+    scores = json.loads((tmp_path / "predict" / "scores.json").read_text())
+    assert scores["rmse"] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
-from raymmi.run._logs import (
+from raymmi.run import (
     VERBOSE_ENV,
     EpochPrinter,
     epoch_line,
@@ -72,7 +72,7 @@ def test_epoch_printer_reads_the_checkpoints_as_they_appear(tmp_path, capsys):
 
 
 def test_a_search_prints_a_line_per_ended_trial():
-    from raymmi.run._tune_callbacks import trial_line
+    from raymmi.run import trial_line
 
     assert trial_line(3, "ab12", "ended", {"val_ari": 0.41234, "epochs_done": 2}, "val_ari") == (
         "  trial 3 (ab12) ended after 2 epochs: val_ari=0.4123"

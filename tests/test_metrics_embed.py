@@ -74,7 +74,7 @@ def test_neighbor_graph_is_scanpys_exact_graph_below_the_threshold():
 
 
 def _graph_conn(graph: M.NeighborGraph, labels: np.ndarray) -> float:
-    from raymmi.metrics._neighbors import largest_component_share
+    from raymmi.metrics import largest_component_share
 
     return largest_component_share(graph.connectivities, labels)
 

@@ -12,8 +12,7 @@ import pytest
 from raymmi import cells, testing
 from raymmi.config import TrackingConfig, from_dict
 from raymmi.io import ShardSetWriter, open_shard_set, write_part
-from raymmi.run import generate_cells
-from raymmi.run._preprocess import preprocess_cells
+from raymmi.run import generate_cells, preprocess_cells
 from raymmi.schema import (
     Manifest,
     Modality,

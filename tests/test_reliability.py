@@ -21,14 +21,14 @@ import pyarrow as pa
 import pytest
 
 from raymmi.cli import main
-from raymmi.io._dest import _proc_start, check_out_overlap, claim_output, lock_path, work_dir
-from raymmi.io._shardset import (
+from raymmi.io import (
     ShardSetWriter,
     open_part,
     open_shard_set,
     read_part,
     write_part,
 )
+from raymmi.io._dest import _proc_start, check_out_overlap, claim_output, lock_path, work_dir
 from raymmi.query import evaluate_query, parse_query
 from raymmi.schema import FileEntry, Manifest, RaymmiError
 
@@ -434,7 +434,7 @@ def test_truncated_part_with_matching_checksum_is_one_line(tmp_path):
 
 def test_drop_rows_of_every_row_is_one_line(tmp_path):
     from raymmi.config import IngestPlatesConfig
-    from raymmi.io._plates import PlateSplitter, SourceSummary
+    from raymmi.io import PlateSplitter, SourceSummary
     from raymmi.run._plates import _check
 
     table = pa.Table.from_pandas(_frame(), preserve_index=False)
@@ -575,7 +575,7 @@ def test_pure_checks_come_before_ray(tmp_path, capsys, no_ray):
 
 
 def test_local_ray_listens_on_loopback_only(ray_session):
-    from raymmi.testing._procs import descendants, listening_sockets
+    from raymmi.testing import descendants, listening_sockets
 
     if not Path("/proc/net/tcp").exists():
         pytest.skip("needs Linux /proc")

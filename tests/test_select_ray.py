@@ -11,9 +11,8 @@ import pytest
 
 from raymmi import testing
 from raymmi.config import IngestPlatesConfig, TrackingConfig
-from raymmi.io import open_shard_set
-from raymmi.io._blocklist import read_blocklist
-from raymmi.plates._select import (
+from raymmi.io import open_shard_set, read_blocklist
+from raymmi.plates import (
     DEFAULT_OPS,
     OPS,
     PYCYTOMINER_OPS,
@@ -23,8 +22,7 @@ from raymmi.plates._select import (
     feature_selection,
 )
 from raymmi.run import _select as run_select
-from raymmi.run import generate_plates, ingest_plates
-from raymmi.run._select import select_features
+from raymmi.run import generate_plates, ingest_plates, select_features
 from raymmi.schema import RaymmiError
 
 pytestmark = pytest.mark.usefixtures("ray_session")

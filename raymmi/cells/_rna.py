@@ -18,9 +18,6 @@ import scipy.sparse as sp
 
 from raymmi.cells._partials import ColumnStats, Gram
 
-CELL_FILTERS = ("min_counts", "min_genes", "max_counts", "max_genes", "max_pct_mt")
-GENE_FILTERS = ("min_cells", "min_counts", "max_cells", "max_counts")
-
 
 def _csr32(x: sp.spmatrix | sp.sparray) -> sp.csr_matrix:
     out = sp.csr_matrix(x)

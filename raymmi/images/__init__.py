@@ -3,6 +3,8 @@
 No Ray, no MLflow, no file I/O (TIFF and LoadData reading live in :mod:`raymmi.io`).
 """
 
+from raymmi.images._embed import CropEmbedder, build_cnn, crops, embedding_dim
+from raymmi.images._illum import IllumSums, illumination_function, illumination_functions
 from raymmi.images._measure import MEASURES, check_measures, measure_objects, object_centers
 from raymmi.images._profile import (
     COMPARTMENTS,
@@ -26,13 +28,20 @@ __all__ = [
     "COMPARTMENTS",
     "MEASURES",
     "OBJECT_NUMBER",
+    "CropEmbedder",
     "FieldProfile",
+    "IllumSums",
     "ProfileConfig",
     "SegmentConfig",
+    "build_cnn",
     "check_measures",
+    "crops",
     "cytoplasm",
+    "embedding_dim",
     "field_qc",
     "find_objects",
+    "illumination_function",
+    "illumination_functions",
     "labels_from_mask",
     "measure_objects",
     "object_centers",

@@ -22,7 +22,6 @@ from raymmi.schema import CELL_BATCH, CELL_TYPE, CellBatch, Modality, RaymmiErro
 # Modality names as raymmi stores them, and the names mudata/muon files commonly use.
 MUDATA_ALIASES = {"rna": ("rna", "gex"), "atac": ("atac", "peaks"), "adt": ("adt", "prot", "cite")}
 DENSE_MODALITIES = frozenset({"adt"})
-CSC_WARN_CELLS = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,13 +191,6 @@ def read_matrix_rows(mod: H5Modality, rows: slice | np.ndarray) -> sp.csr_matrix
     if mod.encoding == "dense":
         return block.toarray() if sp.issparse(block) else block
     return block if sp.issparse(block) else sp.csr_matrix(block)
-
-
-def is_csc(mod: H5Modality) -> bool:
-    """Whether the count matrix is stored CSC (row chunks then read more than their rows)."""
-    with h5py.File(mod.path, "r") as f:
-        node = f[mod.group][mod.matrix]
-        return isinstance(node, h5py.Group) and node.attrs.get("encoding-type") == "csc_matrix"
 
 
 def check_unique_ids(ids: np.ndarray, *, name: str) -> None:

@@ -36,7 +36,6 @@ from raymmi.schema import (
 )
 
 NanPolicy = Literal["fail", "drop-rows", "keep"]
-NAN_POLICIES: tuple[str, ...] = ("fail", "drop-rows", "keep")
 STRING_KEYS = (PLATE, WELL, SITE)
 OBJECT_NUMBER = "Metadata_ObjectNumber"
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
@@ -507,11 +506,6 @@ def find_duplicate_keys(
     dup = frame.duplicated(keep="first")
     examples = [tuple(r) for r in frame[dup].drop_duplicates().head(limit).itertuples(index=False)]
     return int(dup.sum()), examples
-
-
-def local_name(src: str) -> str:
-    """Short display name of a source (file name)."""
-    return Path(src.rstrip("/")).name
 
 
 def cellprofiler_site_keys(site: str | Path) -> tuple[str, str]:

@@ -18,7 +18,7 @@ import posixpath
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -508,8 +508,3 @@ def open_shard_set(uri: str, *, kind: str | None = None) -> ShardSet:
         )
         raise RaymmiError(msg)
     return ShardSet(uri=uri, manifest=manifest)
-
-
-def parent_refs(sets: Iterable[ShardSet]) -> tuple[dict[str, Any], ...]:
-    """Lineage records for a child manifest's ``parents``."""
-    return tuple(s.parent_ref() for s in sets)

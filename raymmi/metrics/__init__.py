@@ -43,7 +43,12 @@ from raymmi.metrics._embed import (
     optimal_leiden_nmi,
     trajectory_conservation,
 )
-from raymmi.metrics._neighbors import APPROXIMATE_ABOVE, NeighborGraph, neighbor_graph
+from raymmi.metrics._neighbors import (
+    APPROXIMATE_ABOVE,
+    NeighborGraph,
+    largest_component_share,
+    neighbor_graph,
+)
 from raymmi.metrics._profiles import replicate_map
 
 __all__ = [
@@ -68,6 +73,7 @@ __all__ = [
     "ilisi",
     "kmeans_ari",
     "label_asw",
+    "largest_component_share",
     "leiden",
     "lisi",
     "match_probabilities",

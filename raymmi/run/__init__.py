@@ -12,21 +12,45 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from raymmi.run._cells import generate_cells, ingest_cells
-    from raymmi.run._datasets import read_dataset
-    from raymmi.run._evaluate import evaluate_plates, summary_text
+    from raymmi.run._datasets import ShardPartsSink, read_dataset
+    from raymmi.run._evaluate import HELDOUT, SCORE, evaluate_plates, summary_text
     from raymmi.run._export import export
     from raymmi.run._images import generate_images, ingest_images
+    from raymmi.run._logs import (
+        VERBOSE_ENV,
+        EpochPrinter,
+        epoch_line,
+        quiet_driver,
+        train_log_level,
+        verbose,
+        worker_log_env,
+    )
     from raymmi.run._normalize import normalize
     from raymmi.run._plates import generate_plates, ingest_plates
     from raymmi.run._preprocess import preprocess_cells
-    from raymmi.run._runtime import gather, init_ray
+    from raymmi.run._runtime import (
+        PRIVATE_STATE_CHECKED,
+        check_private_state_api,
+        gather,
+        init_ray,
+        stream,
+    )
     from raymmi.run._select import select_features
     from raymmi.run._tasks import TaskConfig, run_task, score_text
     from raymmi.run._train import train
-    from raymmi.run._tune import tune
+    from raymmi.run._tune import summary_lines, tune
+    from raymmi.run._tune_callbacks import trial_line
 
 _WHERE = {
+    "PRIVATE_STATE_CHECKED": "_runtime",
+    "check_private_state_api": "_runtime",
+    "ShardPartsSink": "_datasets",
+    "EpochPrinter": "_logs",
+    "HELDOUT": "_evaluate",
+    "SCORE": "_evaluate",
     "TaskConfig": "_tasks",
+    "VERBOSE_ENV": "_logs",
+    "epoch_line": "_logs",
     "evaluate_plates": "_evaluate",
     "export": "_export",
     "gather": "_runtime",
@@ -39,16 +63,31 @@ _WHERE = {
     "init_ray": "_runtime",
     "normalize": "_normalize",
     "preprocess_cells": "_preprocess",
+    "quiet_driver": "_logs",
     "read_dataset": "_datasets",
     "run_task": "_tasks",
     "score_text": "_tasks",
     "select_features": "_select",
+    "stream": "_runtime",
+    "summary_lines": "_tune",
     "summary_text": "_evaluate",
     "train": "_train",
+    "train_log_level": "_logs",
+    "trial_line": "_tune_callbacks",
     "tune": "_tune",
+    "verbose": "_logs",
+    "worker_log_env": "_logs",
 }
 __all__ = [
+    "HELDOUT",
+    "PRIVATE_STATE_CHECKED",
+    "SCORE",
+    "VERBOSE_ENV",
+    "EpochPrinter",
+    "ShardPartsSink",
     "TaskConfig",
+    "check_private_state_api",
+    "epoch_line",
     "evaluate_plates",
     "export",
     "gather",
@@ -61,13 +100,20 @@ __all__ = [
     "init_ray",
     "normalize",
     "preprocess_cells",
+    "quiet_driver",
     "read_dataset",
     "run_task",
     "score_text",
     "select_features",
+    "stream",
+    "summary_lines",
     "summary_text",
     "train",
+    "train_log_level",
+    "trial_line",
     "tune",
+    "verbose",
+    "worker_log_env",
 ]
 
 

@@ -7,11 +7,10 @@ from typing import Any
 
 import ray
 
-from raymmi.cells._pipeline_stats import check_counts as _check_counts
+from raymmi.cells import check_counts as _check_counts
 from raymmi.config import IngestCellsConfig, RayConfig, TrackingConfig, to_dict
+from raymmi.io import ShardSetWriter, claiming, write_part
 from raymmi.io import _cells as h5
-from raymmi.io._dest import claiming
-from raymmi.io._shardset import ShardSetWriter, write_part
 from raymmi.run._plates import producer
 from raymmi.run._runtime import gather, init_ray
 from raymmi.schema import (

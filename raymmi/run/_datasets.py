@@ -13,8 +13,7 @@ from ray.data import Datasink
 from ray.data.block import Block
 from ray.data.datasource import WriteResult
 
-from raymmi.io import ShardSet, resolve, write_part
-from raymmi.io._plates import PlateSplitter
+from raymmi.io import PlateSplitter, ShardSet, resolve, write_part
 from raymmi.schema import FileEntry
 
 
@@ -85,12 +84,3 @@ class ShardPartsSink(Datasink[str]):
     def on_write_complete(self, write_result: WriteResult[str]) -> None:
         entries = [FileEntry(**e) for task in write_result.write_returns for e in json.loads(task)]
         self.files = sorted(entries, key=lambda e: (e.plate or "", e.path))
-
-
-def write_parts(
-    ds: ray.data.Dataset, staging: str, *, kind: str, schema: pa.Schema
-) -> list[FileEntry]:
-    """Execute ``ds`` and write it as shard-set parts under ``staging``; return their entries."""
-    sink = ShardPartsSink(staging, kind=kind, schema=schema)
-    ds.write_datasink(sink)
-    return sink.files

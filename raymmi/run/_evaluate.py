@@ -32,8 +32,7 @@ import pandas as pd
 
 from raymmi import plots
 from raymmi.config import RayConfig, TrackingConfig
-from raymmi.io import open_shard_set
-from raymmi.io._dest import claiming
+from raymmi.io import claiming, open_shard_set
 from raymmi.run._evaluate_checks import _check_inputs, _set_names
 from raymmi.run._evaluate_one import _evaluate_one
 from raymmi.run._evaluate_report import SUMMARY_METRICS, _write_report

@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 
 from raymmi.config import ExportConfig, TrackingConfig, to_dict
-from raymmi.io import export_cells, export_plates, open_shard_set
-from raymmi.io._dest import claiming
-from raymmi.io._export import export_format
+from raymmi.io import claiming, export_cells, export_format, export_plates, open_shard_set
 from raymmi.track import tracked_run
 
 

@@ -31,10 +31,15 @@ import pyarrow as pa
 import ray
 
 from raymmi.config import IngestImagesConfig, RayConfig, TrackingConfig, to_dict
-from raymmi.images import OBJECT_NUMBER, ProfileConfig, SegmentConfig, profile_field
-from raymmi.images._illum import IllumSums, illumination_functions
-from raymmi.io._images import FieldSpec, read_field, read_load_data
-from raymmi.io._shardset import ShardSetWriter, resolve
+from raymmi.images import (
+    OBJECT_NUMBER,
+    IllumSums,
+    ProfileConfig,
+    SegmentConfig,
+    illumination_functions,
+    profile_field,
+)
+from raymmi.io import FieldSpec, ShardSetWriter, read_field, read_load_data, resolve
 from raymmi.run._datasets import ShardPartsSink
 from raymmi.run._plates import producer
 from raymmi.run._runtime import gather, init_ray
@@ -268,7 +273,7 @@ def _field_rows(
 def _unit_table(
     unit: dict[str, Any], plan: ImagePlan, illum_refs: dict[str, Any], embedder: Any
 ) -> pa.Table:
-    from raymmi.io._cellprofiler import aggregate_to_wells
+    from raymmi.io import aggregate_to_wells
 
     specs = [FieldSpec.from_dict(d) for d in json.loads(unit["fields"])]
     frames: list[pd.DataFrame] = []
@@ -324,7 +329,7 @@ class _ProfileUnits:
         self.illum = illum[0]
         self.embedder = None
         if embed is not None:
-            from raymmi.images._embed import CropEmbedder
+            from raymmi.images import CropEmbedder
 
             self.embedder = CropEmbedder(**embed)
 
@@ -450,7 +455,7 @@ def plan_images(config: IngestImagesConfig) -> tuple[list[FieldSpec], ImagePlan]
     centers, features = _feature_names(profile, channels)
     embed = None
     if config.embed:
-        from raymmi.images._embed import CropEmbedder, embedding_dim
+        from raymmi.images import CropEmbedder, embedding_dim
 
         try:
             dim = embedding_dim(config.embed)
@@ -646,7 +651,7 @@ def _generate_fields(
     import posixpath
 
     from raymmi import testing
-    from raymmi.io._images import write_plane
+    from raymmi.io import write_plane
 
     rows = []
     for plate, well, site in keys:
@@ -690,7 +695,7 @@ def generate_images(
     from pathlib import Path
 
     from raymmi import testing
-    from raymmi.io._images import write_load_data
+    from raymmi.io import write_load_data
 
     spec = testing.FieldSetSpec(plates=plates, wells=wells, sites=sites, size=size, seed=seed)
     target = Path(out)

@@ -40,9 +40,7 @@ import ray
 
 from raymmi import plates as P
 from raymmi.config import NormalizeConfig, RayConfig, TrackingConfig, to_dict
-from raymmi.io import ShardSet, ShardSetWriter, open_shard_set, resolve
-from raymmi.io._dest import claiming
-from raymmi.io._shardset import open_part
+from raymmi.io import ShardSet, ShardSetWriter, claiming, open_part, open_shard_set, resolve
 from raymmi.run._normalize_plate import PlateGroup, _merge, _output_schema, _PlateInfo, _Scope
 from raymmi.run._normalize_tasks import (
     _apply_pass,

@@ -15,9 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from raymmi.config import NormalizeConfig
-from raymmi.io import ShardSet, resolve
-from raymmi.io._plates import negcon_mask
-from raymmi.io._shardset import PartWriter, read_part
+from raymmi.io import PartWriter, ShardSet, negcon_mask, read_part, resolve
 from raymmi.schema import (
     FEATURE_TYPE,
     NEGCON,

@@ -6,7 +6,6 @@ See :mod:`raymmi.run._normalize` for the design.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -14,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
-from tqdm.auto import tqdm
 
 from raymmi import plates as P
 from raymmi.config import NormalizeConfig
@@ -34,7 +32,7 @@ from raymmi.run._normalize_plate import (
     _single_batch,
     _write_plate,
 )
-from raymmi.run._runtime import cancel
+from raymmi.run._runtime import stream
 from raymmi.schema import (
     FileEntry,
 )
@@ -175,30 +173,11 @@ def _stream(
     desc: str,
     unit: str,
 ) -> Iterator[Any]:
-    """Run ``submit(group)`` for every group, at most a few tasks in flight; yield results.
-
-    Results come as tasks finish, so the driver reduces them without holding them all; and
-    only ``_TASKS_PER_CPU`` tasks a CPU are submitted at a time, so the driver's and the
-    object store's share of task arguments does not grow with the data set. The first failure
-    cancels the tasks in flight and is raised as the task's own exception.
-    """
+    """:func:`stream` with ``_TASKS_PER_CPU`` tasks a CPU in flight; yield the results."""
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    todo = iter(groups)
-    pending = [submit(g) for g in itertools.islice(todo, _TASKS_PER_CPU * cpus)]
-    with tqdm(total=len(groups), desc=desc, unit=unit, disable=None) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                value = ray.get(done[0])
-            except ray.exceptions.RayTaskError as err:
-                cancel(pending)
-                cause = err.cause if isinstance(err.cause, BaseException) else err
-                raise cause from None
-            following = next(todo, None)
-            if following is not None:
-                pending.append(submit(following))
-            bar.update(1)
-            yield value
+    limit = _TASKS_PER_CPU * cpus
+    for _, value in stream(submit, groups, max_in_flight=limit, desc=desc, unit=unit):
+        yield value
 
 
 def _task_view(shard_set: ShardSet) -> ShardSet:

@@ -14,10 +14,9 @@ import ray
 
 import raymmi
 from raymmi.config import IngestPlatesConfig, RayConfig, TrackingConfig, to_dict
+from raymmi.io import ShardSetWriter, claiming
 from raymmi.io import _cellprofiler as cp
 from raymmi.io import _plates as tables
-from raymmi.io._dest import claiming
-from raymmi.io._shardset import ShardSetWriter
 from raymmi.run._runtime import gather, init_ray
 from raymmi.schema import FileEntry, Manifest, RaymmiError
 from raymmi.track import Run, tracked_run
@@ -281,7 +280,7 @@ def _generate_plates(
     import numpy as np
 
     from raymmi import testing
-    from raymmi.io._shardset import PartWriter
+    from raymmi.io import PartWriter
     from raymmi.schema import NEGCON, PLATE, plate_dir
 
     schema = plan.stored_schema()

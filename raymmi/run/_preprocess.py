@@ -3,7 +3,7 @@
 Each statistics pass submits one task per input file (reading only the columns it needs),
 reduces the returned partials on the driver as they arrive, and fits; the last pass writes one
 output part per input part. Ray tasks rather than Ray Data: an output part must map to exactly
-one input part, while Ray Data packs small files into one block (RAY_NOTES "Ray Data"), and the
+one input part, while Ray Data packs small files into one block (docs/ray.md, "Ray Data"), and the
 partials need a streaming reduce with bounded in-flight results, not a dataset.
 """
 
@@ -23,15 +23,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from raymmi import cells
 from raymmi.cells import PreprocessCellsConfig
 from raymmi.config import RayConfig, TrackingConfig, to_dict
-from raymmi.io._dest import claiming
-from raymmi.io._shardset import PartWriter, ShardSet, ShardSetWriter, open_shard_set, resolve
+from raymmi.io import PartWriter, ShardSet, ShardSetWriter, claiming, open_shard_set, resolve
 from raymmi.run._plates import producer
-from raymmi.run._runtime import cancel, gather, init_ray
+from raymmi.run._runtime import gather, init_ray, stream
 from raymmi.schema import (
     FileEntry,
     Manifest,
@@ -230,27 +228,21 @@ def _reduce_pass(
 ) -> dict[str, Any]:
     """Run ``task`` per file and merge the partials as they arrive.
 
-    Unlike :func:`raymmi.run._runtime.gather`, which keeps every result until the end, at most
-    ``max_in_flight`` partials exist at once (a PCA Gram partial of 2,000 HVGs is 32 MB; 200
-    files would hold 6.4 GB). Failure handling is gather's: cancel the rest, raise the cause.
+    Unlike :func:`gather`, which keeps every result until the end, at most ``max_in_flight``
+    partials exist at once (a PCA Gram partial of 2,000 HVGs is 32 MB; 200 files would hold
+    6.4 GB). Failure handling is :func:`stream`'s: cancel the rest, raise the cause.
     """
     merged: dict[str, Any] = {}
-    queue = list(paths)
-    pending: list[ray.ObjectRef] = []
-    with tqdm(total=len(paths), desc=desc, unit="file", disable=None) as bar:
-        while queue or pending:
-            while queue and len(pending) < max_in_flight:
-                pending.append(task.remote(queue.pop(0), *args))
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                part = ray.get(done[0])
-            except ray.exceptions.RayTaskError as err:
-                cancel(pending)
-                cause = err.cause if isinstance(err.cause, BaseException) else err
-                raise cause from None
-            merged = cells.merge_partials([merged, part])
-            del part
-            bar.update(1)
+    parts = stream(
+        lambda path: task.remote(path, *args),
+        paths,
+        max_in_flight=max_in_flight,
+        desc=desc,
+        unit="file",
+    )
+    for _, part in parts:
+        merged = cells.merge_partials([merged, part])
+        del part
     return merged
 
 
@@ -543,18 +535,8 @@ def _fit_arrays(state: cells.State) -> dict[str, np.ndarray]:
 
 
 def _variance_figure(ratio: np.ndarray) -> Any:
-    import matplotlib
+    from raymmi.plots import variance_ratio_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ranks = np.arange(1, len(ratio) + 1)
-    ax.plot(ranks, ratio, "o-", ms=3)
-    ax.set_xlabel("principal component")
-    ax.set_ylabel("variance ratio")
-    ax.set_yscale("log")
-    ax.set_title(f"PCA of the scaled HVGs ({ratio.sum():.1%} explained)")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return variance_ratio_plot(
+        ratio, title=f"PCA of the scaled HVGs ({ratio.sum():.1%} explained)"
+    )

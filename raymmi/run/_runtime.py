@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import ray
 from tqdm.auto import tqdm
@@ -17,8 +18,10 @@ from raymmi.config import RayConfig
 from raymmi.run._logs import quiet_driver, verbose, worker_log_env
 from raymmi.schema import RaymmiError
 
+T = TypeVar("T")
+
 # Every worker gets single-threaded BLAS: several workers share a node, and oversubscribed
-# BLAS threads made a 600 x 1,134 PCA 150x slower on 2 cores (RAY_NOTES "Threads").
+# BLAS threads made a 600 x 1,134 PCA 150x slower on 2 cores (docs/ray.md, "Threads").
 #
 # Ray Train's controller collects a worker's report only when it polls, every 2 s by default,
 # and a worker holds one report at a time: each epoch of a short run then waited up to 2 s, and
@@ -174,6 +177,26 @@ def check_reachable(address: str, *, timeout: float = 3.0) -> None:
         raise RaymmiError(msg) from None
 
 
+# Ray versions (major.minor) whose private GCS state accessor (``ray._private.state``) the
+# placement-group reaper of ``raymmi tune`` was checked against; tests/test_ray_private.py
+# fails on any other installed Ray, so an upgrade re-checks it instead of breaking silently.
+PRIVATE_STATE_CHECKED = ("2.60",)
+
+
+def check_private_state_api() -> None:
+    """Raise ``RuntimeError`` unless the private state API was checked on the installed Ray."""
+    import ray
+
+    version = ".".join(ray.__version__.split(".")[:2])
+    if version not in PRIVATE_STATE_CHECKED:
+        msg = (
+            f"ray {ray.__version__}: the placement-group reaper reads ray._private.state, "
+            f"checked on ray {', '.join(PRIVATE_STATE_CHECKED)} only; re-check it "
+            "(tests/test_ray_private.py) and add the version to PRIVATE_STATE_CHECKED"
+        )
+        raise RuntimeError(msg)
+
+
 def cancel(refs: Sequence[ray.ObjectRef], *, wait_s: float = 10.0) -> None:
     """Force-cancel ``refs`` and wait (up to ``wait_s``) until they have stopped.
 
@@ -187,6 +210,44 @@ def cancel(refs: Sequence[ray.ObjectRef], *, wait_s: float = 10.0) -> None:
         ray.wait(refs, num_returns=len(refs), timeout=wait_s)
 
 
+def stream(
+    submit: Callable[[T], ray.ObjectRef],
+    items: Sequence[T],
+    *,
+    max_in_flight: int | None,
+    desc: str,
+    unit: str = "task",
+) -> Iterator[tuple[T, Any]]:
+    """Run ``submit(item)`` for every item, at most ``max_in_flight`` at once; yield results.
+
+    Yields ``(item, result)`` as tasks finish (not in order), so the driver can reduce them
+    without holding them all, and submits the next item as one finishes, so task arguments
+    in flight do not grow with the data set (``None``: submit everything at once). The first
+    failure cancels the tasks in flight, submits no more, and is raised as the task's own
+    exception (a :class:`RaymmiError` stays one).
+    """
+    todo = iter(items)
+    limit = len(items) if max_in_flight is None else max(1, max_in_flight)
+    pending: dict[ray.ObjectRef, T] = {}
+    for item in itertools.islice(todo, limit):
+        pending[submit(item)] = item
+    with tqdm(total=len(items), desc=desc, unit=unit, disable=None) as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            item = pending.pop(done[0])
+            try:
+                value = ray.get(done[0])
+            except ray.exceptions.RayTaskError as err:
+                cancel(list(pending))
+                cause = err.cause if isinstance(err.cause, BaseException) else err
+                raise cause from None
+            for following in itertools.islice(todo, 1):
+                pending[submit(following)] = following
+            bar.update(1)
+            yield item, value
+            del value  # one result at a time in driver memory
+
+
 def gather(refs: Sequence[ray.ObjectRef], *, desc: str, unit: str = "task") -> list[Any]:
     """Wait for ``refs`` with a progress bar; return their results in order.
 
@@ -195,15 +256,6 @@ def gather(refs: Sequence[ray.ObjectRef], *, desc: str, unit: str = "task") -> l
     """
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
-    pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit=unit, disable=None) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                results[index[done[0]]] = ray.get(done[0])
-            except ray.exceptions.RayTaskError as err:
-                cancel(pending)
-                cause = err.cause if isinstance(err.cause, BaseException) else err
-                raise cause from None
-            bar.update(1)
+    for ref, value in stream(lambda r: r, refs, max_in_flight=None, desc=desc, unit=unit):
+        results[index[ref]] = value
     return results

@@ -19,20 +19,19 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import ray
-from tqdm.auto import tqdm
 
 from raymmi.config import RayConfig, TrackingConfig, to_dict
-from raymmi.io._blocklist import read_blocklist
-from raymmi.io._dest import claiming
-from raymmi.io._shardset import (
+from raymmi.io import (
     PartWriter,
     ShardSet,
     ShardSetWriter,
+    claiming,
     open_part,
     open_shard_set,
+    read_blocklist,
     resolve,
 )
-from raymmi.plates._select import (
+from raymmi.plates import (
     REPORT_NAME,
     FeatureStats,
     SelectConfig,
@@ -43,7 +42,7 @@ from raymmi.plates._select import (
     samples_mask,
 )
 from raymmi.run._plates import producer
-from raymmi.run._runtime import cancel, gather, init_ray
+from raymmi.run._runtime import cancel, gather, init_ray, stream
 from raymmi.schema import FileEntry, Manifest, RaymmiError
 from raymmi.track import tracked_run
 
@@ -282,18 +281,8 @@ def _reduce(refs: Sequence[ray.ObjectRef], *, desc: str) -> FeatureStats:
     The first failure cancels the remaining tasks and is raised as the task's own exception.
     """
     merged: FeatureStats | None = None
-    pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit="task", disable=None) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                part = ray.get(done[0])
-            except ray.exceptions.RayTaskError as err:
-                cancel(pending)
-                cause = err.cause if isinstance(err.cause, BaseException) else err
-                raise cause from None
-            merged = part if merged is None else merged.merge(part)
-            bar.update(1)
+    for _, part in stream(lambda r: r, refs, max_in_flight=None, desc=desc):
+        merged = part if merged is None else merged.merge(part)
     assert merged is not None
     return merged
 

@@ -28,8 +28,7 @@ import torch
 import yaml
 
 from raymmi.config import RayConfig, TrackingConfig, TrainConfig, to_dict
-from raymmi.io._dest import claiming, work_dir
-from raymmi.io._shardset import ShardSetWriter
+from raymmi.io import ShardSetWriter, claiming, work_dir
 from raymmi.run._logs import EpochPrinter, train_log_level
 from raymmi.run._plates import producer
 from raymmi.run._runtime import init_ray

@@ -22,7 +22,7 @@ import torch
 
 from raymmi import models
 from raymmi.config import TrainConfig
-from raymmi.io._shardset import PartWriter, ShardSet, resolve
+from raymmi.io import PartWriter, ShardSet, resolve
 from raymmi.models._batches import arrow_to_batch
 from raymmi.run._runtime import gather
 from raymmi.run._train_plan import TrainPlan, split_mask

@@ -53,10 +53,8 @@ from raymmi.run._logs import verbose
 from raymmi.run._tune_callbacks import _callbacks
 from raymmi.run._tune_inprocess import MEMORY_SHARE, TrialData, trial_data
 from raymmi.run._tune_mlflow import (
-    _close_orphaned_children,
     _log_inputs,
     _log_parent,
-    _mark_stopped,
     _parent_run,
 )
 from raymmi.run._tune_pack import (
@@ -94,7 +92,7 @@ from raymmi.run._tune_trial import (
     trial_params,
 )
 from raymmi.schema import RaymmiError
-from raymmi.track import run_label, tracking_uri
+from raymmi.track import close_orphaned_children, mark_stopped, run_label, tracking_uri
 from raymmi.tune_space import (
     Dimension,
     SearchSpace,
@@ -388,7 +386,7 @@ def tune(
                 json.dumps({**record, "parent_run_id": parent.run_id}, indent=2, default=list)
             )
         elif parent.run_id and uri:
-            killed = _close_orphaned_children(uri, parent.run_id)
+            killed = close_orphaned_children(uri, parent.run_id)
             if killed:
                 notes.append(f"marked {killed} nested run(s) of the interrupted search KILLED")
         parent.set_tags({"raymmi.model": base.model_name, "raymmi.search": name})
@@ -510,7 +508,7 @@ def tune(
             raise RaymmiError(msg)
         if parent.run_id and uri:
             stopped = trials_frame.loc[trials_frame["status"] == "stopped", "trial_id"]
-            _mark_stopped(uri, parent.run_id, set(stopped.astype(str)))
+            mark_stopped(uri, parent.run_id, set(stopped.astype(str)))
         results = config_table(trials_frame, space, config.metric, config.mode)
         best_row = results.iloc[0].to_dict()
         best = best_tree(base_user, space, best_row)

@@ -12,7 +12,7 @@ import pandas as pd
 from raymmi.config import TrackingConfig, TrainConfig
 from raymmi.run._tune_tables import heatmap_axes
 from raymmi.run._tune_trial import _is_number
-from raymmi.track import Run, tracked_run, tracking_uri
+from raymmi.track import Run, resumed_run, tracked_run
 from raymmi.tune_space import SearchSpace, TuneConfig
 
 
@@ -27,59 +27,8 @@ def _parent_run(
         with tracked_run("tune", config=config, tracking=tracking, run_name=name) as run:
             yield run
         return
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri(tracking))
-    with mlflow.start_run(run_id=run_id):
-        yield Run(run_id, mlflow)
-
-
-def _close_orphaned_children(uri: str, parent_run_id: str) -> int:
-    """Mark nested runs an interrupted search left RUNNING as KILLED; return how many."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    runs = _child_runs(client, parent_run_id, "and status = 'RUNNING'")
-    for run in runs:
-        client.set_terminated(run.info.run_id, status="KILLED")
-    return len(runs)
-
-
-def _child_runs(client: Any, parent_run_id: str, extra: str = "") -> list[Any]:
-    """Every nested run of a parent (all result pages)."""
-    experiment = client.get_run(parent_run_id).info.experiment_id
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}' {extra}".strip()
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment], filter_string=query, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _mark_stopped(uri: str, parent_run_id: str, stopped: set[str]) -> None:
-    """Nested runs of trials ASHA stopped: FINISHED, tagged ``raymmi.stopped_early``.
-
-    A stopped trial's process is ended mid-training, so its run is left RUNNING (or closed
-    by MLflow's exit hook) and says nothing of what happened. Early stopping is the search
-    working as meant, so such a run ends FINISHED (MLflow's red KILLED reads as a crash); the
-    tags say it was stopped and after how many epochs (``raymmi.stopped_at_epoch``).
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    for run in _child_runs(client, parent_run_id):
-        trial_id = run.data.tags.get("raymmi.trial_id")
-        if trial_id in stopped:
-            client.set_tag(run.info.run_id, "raymmi.stopped_early", "true")
-            last = run.data.metrics.get("epoch")
-            if last is not None:
-                client.set_tag(run.info.run_id, "raymmi.stopped_at_epoch", int(last) + 1)
-            client.set_terminated(run.info.run_id, status="FINISHED")
-        elif run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, status="KILLED")
+    with resumed_run(tracking, run_id) as run:
+        yield run
 
 
 def _log_inputs(parent: Run, base: TrainConfig) -> None:

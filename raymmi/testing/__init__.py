@@ -146,6 +146,8 @@ from raymmi.testing._plates import (
 
 # Every public name: functions, classes and the fitted figures. The ``X as X`` imports above also
 # re-export the private names that tests reach into (cache_clear, the NB sampler).
+from raymmi.testing._procs import cmdline, descendants, listening_sockets
+
 __all__ = [
     "ACTIVE_FRACTION",
     "ADT_BATCH_LOG_SD",
@@ -201,6 +203,8 @@ __all__ = [
     "SpecError",
     "active_compounds",
     "cell_cycle_genes",
+    "cmdline",
+    "descendants",
     "feature_names",
     "field_metadata",
     "gene_names",
@@ -209,6 +213,7 @@ __all__ = [
     "generate_plate",
     "generate_plates",
     "has_shared_data",
+    "listening_sockets",
     "n_chunks",
     "peak_names",
     "planted_zero_spread",

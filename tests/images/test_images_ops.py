@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 
 from raymmi import testing
-from raymmi.images import ProfileConfig, field_qc, measure_objects, profile_field
-from raymmi.images._illum import IllumSums, illumination_function, illumination_functions
-from raymmi.io._images import scale_to_unit
+from raymmi.images import (
+    IllumSums,
+    ProfileConfig,
+    field_qc,
+    illumination_function,
+    illumination_functions,
+    measure_objects,
+    profile_field,
+)
+from raymmi.io import scale_to_unit
 
 
 def test_illumination_sums_merge_and_function():
@@ -96,7 +103,7 @@ def test_profile_generated_field_and_qc():
 def test_crops_and_embedder(tmp_path):
     import torch
 
-    from raymmi.images._embed import CropEmbedder, build_cnn, crops
+    from raymmi.images import CropEmbedder, build_cnn, crops
 
     nuclei = np.zeros((50, 50), np.int32)
     nuclei[1:4, 1:4] = 1  # at the corner: the crop is zero-padded

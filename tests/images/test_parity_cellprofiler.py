@@ -23,7 +23,7 @@ import pytest
 from conftest import shared_file
 
 from raymmi.images import labels_from_mask, measure_objects, object_centers
-from raymmi.io._images import read_plane, scale_to_unit
+from raymmi.io import read_plane, scale_to_unit
 
 NF1 = "cellpainting/images/NF1_cellpainting_data_shrunken"
 CHANNELS = ("DAPI", "GFP", "RFP")

@@ -22,7 +22,7 @@ from raymmi.images import (
     segment_nuclei,
     threshold,
 )
-from raymmi.io._images import read_plane, scale_to_unit
+from raymmi.io import read_plane, scale_to_unit
 
 FIELDS = {
     # name: (folder, nuclei file, cell file, parquet, discard border cells)

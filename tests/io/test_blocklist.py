@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from raymmi.io._blocklist import read_blocklist
+from raymmi.io import read_blocklist
 from raymmi.schema import RaymmiError
 
 

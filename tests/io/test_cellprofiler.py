@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raymmi.io._cellprofiler import (
+from raymmi.io import (
     REPORT_ATTR,
     aggregate_to_wells,
     find_sites,

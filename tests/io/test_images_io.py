@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from raymmi.io._images import FieldSpec, read_field, read_load_data, read_plane, scale_to_unit
+from raymmi.io import FieldSpec, read_field, read_load_data, read_plane, scale_to_unit
 from raymmi.schema import RaymmiError
 
 HEADER = "Metadata_Plate,Metadata_Well,Metadata_Site,FileName_OrigDNA,PathName_OrigDNA,"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from raymmi import testing
-from raymmi.plates._select import (
+from raymmi.plates import (
     DEFAULT_OPS,
     OPS,
     PYCYTOMINER_OPS,

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from raymmi import plots
 from raymmi.config import RayConfig, TrackingConfig
-from raymmi.io._dest import claiming, work_dir
+from raymmi.io import claiming, work_dir
 from raymmi.metrics import MatchingError, check_matching, match_probabilities
 from raymmi.run._runtime import init_ray
 from raymmi.run._tasks._config import _OTHER_CANDIDATES as _OTHER_CANDIDATES
@@ -49,7 +50,7 @@ from raymmi.run._tasks._config import Matrix as Matrix
 from raymmi.run._tasks._config import TaskConfig as TaskConfig
 from raymmi.run._tasks._config import score_text as score_text
 from raymmi.run._tasks._embedding import _embed
-from raymmi.run._tasks._methods import _figure, _Result, _settings
+from raymmi.run._tasks._methods import _Result, _settings
 from raymmi.run._tasks._output import _finish
 from raymmi.run._tasks._planning import _check_batches, _Plan, _plan
 from raymmi.run._tasks._planning import _default as _default
@@ -130,15 +131,9 @@ def _match(plan: _Plan, cells: _Cells, trained: _Trained | None) -> _Result:
         )
 
     result.files["matching.npz"] = save_matching
-    fig = _figure(4.5, 3.2)
-    ax = fig.add_subplot()
-    ax.hist(weights, bins=40, color="tab:blue")
-    ax.axvline(1.0 / n, color="tab:red", lw=1, label=f"random 1/N = {1.0 / n:.2g}")
-    ax.set_xlabel("weight on the true partner")
-    ax.set_ylabel("test cells")
-    ax.set_title(f"{first} x {second}, {plan.method}: score {score:.4f}", fontsize=9)
-    ax.legend(fontsize=8)
-    result.figures["task/partner_weights.png"] = fig
+    result.figures["task/partner_weights.png"] = plots.partner_weights_plot(
+        weights, chance=1.0 / n, title=f"{first} x {second}, {plan.method}: score {score:.4f}"
+    )
     return result
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from raymmi import plots
 from raymmi.metrics import cell_cycle_scores, embed_score
 from raymmi.run._tasks._config import PSEUDOTIME_PREFIX
-from raymmi.run._tasks._methods import _figure, _Result, _settings
+from raymmi.run._tasks._methods import _Result, _settings
 from raymmi.run._tasks._planning import _Plan
 from raymmi.run._tasks._reading import _Cells
 from raymmi.run._tasks._trained import _apply, _Trained
@@ -81,17 +80,9 @@ def _embed(plan: _Plan, cells: _Cells, trained: _Trained | None) -> _Result:
             "notes": notes,
         },
     )
-    fig = _figure(5.0, 3.2)
-    ax = fig.add_subplot()
-    labels = [k for k in scores if k not in ("cells_scored", "dims")]
-    heights = [scores[k] if math.isfinite(scores[k]) else 0.0 for k in labels]
-    colors = ["tab:orange" if k == "mean" else "tab:blue" for k in labels]
-    ax.bar(labels, heights, color=colors)
-    for i, k in enumerate(labels):
-        text = f"{scores[k]:.3f}" if math.isfinite(scores[k]) else "n/a"
-        ax.text(i, heights[i] + 0.01, text, ha="center", fontsize=7)
-    ax.set_ylim(0, 1.1)
-    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-    ax.set_title(f"embed {plan.method} ({int(rows.sum())} cells)", fontsize=9)
-    result.figures["task/embed_scores.png"] = fig
+    result.figures["task/embed_scores.png"] = plots.score_bars(
+        {k: v for k, v in scores.items() if k not in ("cells_scored", "dims")},
+        highlight="mean",
+        title=f"embed {plan.method} ({int(rows.sum())} cells)",
+    )
     return result

@@ -39,9 +39,3 @@ def _settings(method: str, model: Mapping[str, Any]) -> dict[str, Any]:
         )
         raise RaymmiError(msg)
     return dict(model)
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")

@@ -13,7 +13,7 @@ import pyarrow as pa
 import yaml
 
 from raymmi.config import TrackingConfig, to_dict
-from raymmi.io._shardset import ShardSetWriter, write_part
+from raymmi.io import ShardSetWriter, write_part
 from raymmi.run._plates import producer
 from raymmi.run._tasks._config import OUTPUT_NAMES
 from raymmi.run._tasks._methods import _Result
@@ -21,7 +21,7 @@ from raymmi.run._tasks._planning import _Plan
 from raymmi.run._tasks._reading import _Cells
 from raymmi.run._tasks._trained import _Trained
 from raymmi.schema import CELL_ID, FileEntry, Manifest, Modality, dense_to_list, depth_column
-from raymmi.track import Run, tracked_run, tracking_uri
+from raymmi.track import Run, set_parent, tracked_run, tracking_uri
 
 
 def _json_scores(scores: Mapping[str, float]) -> dict[str, float | None]:
@@ -139,9 +139,6 @@ def _link_training(run: Run, trained: _Trained | None, tracking: TrackingConfig 
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     }
     run.log_metrics(numbers)
-    if trained.run_id:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri(tracking))
-        client.set_tag(trained.run_id, "mlflow.parentRunId", run.run_id)
+    if trained.run_id and run.run_id:
+        set_parent(tracking_uri(tracking), trained.run_id, run.run_id)
         run.set_tags({"raymmi.train_run_id": trained.run_id})

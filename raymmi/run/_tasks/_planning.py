@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from raymmi.io._shardset import ShardSet, open_shard_set, resolve
+from raymmi.io import ShardSet, open_shard_set, resolve
 from raymmi.run._runtime import gather
 from raymmi.run._tasks._config import (
     _OTHER_CANDIDATES,

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from raymmi import plots
 from raymmi.config import from_dict, to_dict
 from raymmi.metrics import rmse
 from raymmi.run._tasks._config import PLOT_POINTS, Matrix
-from raymmi.run._tasks._methods import _figure, _Result, _settings
+from raymmi.run._tasks._methods import _Result, _settings
 from raymmi.run._tasks._planning import _Plan
 from raymmi.run._tasks._reading import _Cells
 from raymmi.run._tasks._trained import _apply, _Trained
@@ -55,17 +56,7 @@ def _predict_figure(y: Matrix, prediction: np.ndarray, title: str, seed: int) ->
     observed = (
         np.asarray(sp.csr_matrix(y)[rows, cols]).ravel() if sp.issparse(y) else y[rows, cols]
     )
-    predicted = prediction[rows, cols]
-    fig = _figure(4.5, 4.2)
-    ax = fig.add_subplot()
-    ax.hexbin(observed, predicted, gridsize=60, bins="log", mincnt=1, cmap="viridis")
-    low = float(min(observed.min(), predicted.min()))
-    high = float(max(observed.max(), predicted.max()))
-    ax.plot([low, high], [low, high], color="0.4", lw=0.8, ls="--")
-    ax.set_xlabel("observed (normalized)")
-    ax.set_ylabel("predicted")
-    ax.set_title(title, fontsize=9)
-    return fig
+    return plots.predicted_vs_observed(observed, prediction[rows, cols], title=title)
 
 
 def _predict(plan: _Plan, cells: _Cells, trained: _Trained | None) -> _Result:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import ray
 import scipy.sparse as sp
 
-from raymmi.io._shardset import resolve
+from raymmi.io import resolve
 from raymmi.run._runtime import gather
 from raymmi.run._tasks._config import Matrix
 from raymmi.run._tasks._planning import _in_batches, _Plan

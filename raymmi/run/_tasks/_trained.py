@@ -15,7 +15,7 @@ import ray
 
 from raymmi import models
 from raymmi.config import OptimConfig, RayConfig, TrackingConfig, TrainConfig, from_dict, to_dict
-from raymmi.io._shardset import ShardSetWriter, open_shard_set, resolve, write_part
+from raymmi.io import ShardSetWriter, open_shard_set, resolve, write_part
 from raymmi.models._batches import BatchLayout
 from raymmi.run._runtime import gather
 from raymmi.run._tasks._config import APPLY_ROWS, MODEL_METHODS
