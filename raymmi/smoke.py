@@ -245,6 +245,12 @@ def job_main(argv: list[str] | None = None) -> int:
         (" ".join(words[:n]) for n in (2, 1) if len(words) >= n and " ".join(words[:n]) in STAGES),
         None,
     )
+    if stage is None and words[:1] in (["-h"], ["--help"]):
+        print(
+            "usage: jobs/stage.py NAME [ARGS ...] | NAME --smoke-test [--out DIR]\n"
+            f"NAME: one of {sorted(STAGES)}; ARGS: those of `raymmi NAME --help`"
+        )
+        return 0
     if stage is None:
         given = " ".join(w for w in words[:2] if not w.startswith("-")) or "nothing"
         print(

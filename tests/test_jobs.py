@@ -41,6 +41,8 @@ def test_every_stage_has_a_smoke_test():
 def test_job_names_a_stage(capsys):
     assert _stage_job().main(["normalise", "--smoke-test"]) == 2
     assert "is no stage" in capsys.readouterr().err
+    assert _stage_job().main(["--help"]) == 0
+    assert "usage: jobs/stage.py NAME" in capsys.readouterr().out
 
 
 @pytest.mark.usefixtures("ray_session")
