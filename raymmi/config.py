@@ -472,7 +472,7 @@ class TrainConfig:
         GPUs per worker (0: CPU and gloo; > 0: CUDA, NCCL and AMP).
     cpus_per_worker
         CPUs per worker; ``None``: 1, or less on a cluster too small to leave a CPU for the
-        Ray Data readers (docs/ray.md, "Ray Tune": workers must not starve the readers).
+        Ray Data readers (raymmi/run/README.md, "Ray Tune": workers must not starve the readers).
     checkpoint_every
         Epochs between checkpoints (the last epoch always checkpoints).
     keep_checkpoints

@@ -205,7 +205,7 @@ def run_demo(
     uri = tracking_uri(tracking)
     print(f"\nraymmi demo finished in {time.perf_counter() - started:.0f} s. Outputs:")
     for name, path in outputs.items():
-        print(f"  {name:38s} {path}")
+        print(f"  {name:44s} {path}")
     if tracking is None or tracking.enabled:
         mlflow_cli = Path(sys.executable).parent / "mlflow"
         print(f"\nMLflow runs: {uri} (experiment {(tracking or TrackingConfig()).experiment!r})")
@@ -338,7 +338,7 @@ def _search(
         return {}
     import yaml
 
-    from raymmi.run import tune
+    from raymmi.run import summary_lines, tune
     from raymmi.tune_space import TuneConfig
 
     _step("tune: 4 trials of the plain AE (bottleneck x lr), ASHA + Optuna, on val_loss")
@@ -365,7 +365,8 @@ def _search(
         overwrite=True,
         **kw,
     )
-    print(f"best configuration: {outcome.best}")
+    print("\n".join(summary_lines(outcome, "val_loss", top=4)))
+    print(f"best configuration: {target}/best.yaml")
     if outcome.parent_run_id:
         print(f"MLflow parent run: {outcome.parent_run_id} ({outcome.tracking_uri})")
     return {"tune ae": target}

@@ -264,7 +264,11 @@ def job_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="with --smoke-test: folder for its outputs")
     args, rest = parser.parse_known_args(words[len(stage.split()) :])
     if args.smoke_test:
-        return raymmi_main(smoke_argv(stage, args.out))
+        import shlex
+
+        argv = smoke_argv(stage, args.out)
+        print(f"smoke test of {stage}: raymmi {shlex.join(argv)}", flush=True)
+        return raymmi_main(argv)
     if args.out is not None:
         rest += ["--out", args.out]
     return raymmi_main([*stage.split(), *rest])

@@ -19,7 +19,7 @@ def shared_file(rel: str) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_store(tmp_path_factory: pytest.TempPathFactory):
-    """Every run of the session goes to one SQLite store, created once (docs/ray.md, "MLflow")."""
+    """Every run of the session goes to one SQLite store, created once (raymmi/run/README.md, "MLflow")."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     old = os.environ.get("MLFLOW_TRACKING_URI")

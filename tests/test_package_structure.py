@@ -144,3 +144,19 @@ def test_public_functions_take_data_first_and_the_rest_keyword_only():
         if settings or flags:
             wrong.append(f"{name}{inspect.signature(function)}")
     assert wrong == []
+
+
+def test_top_level_holds_only_the_fixed_entries():
+    """pyproject.toml, raymmi/, jobs/, cluster/, tests/, README.md and dotfiles; nothing else.
+
+    Longer docs live in a README beside the code they describe (``raymmi/run/README.md``).
+    """
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    top = {line.split("/", 1)[0] for line in tracked.stdout.splitlines() if line}
+    allowed = {"pyproject.toml", "raymmi", "jobs", "cluster", "tests", "README.md"}
+    extra = sorted(name for name in top - allowed if not name.startswith("."))
+    assert not extra, f"top-level entries outside the fixed layout: {extra}"

@@ -40,6 +40,7 @@ def test_nan_scores_print_why():
     from raymmi.run import score_text
 
     assert score_text("nmi", 0.61234) == "0.6123"
+    assert score_text("cells_test", 289.0) == "289" and score_text("dims", 50.0) == "50"
     assert (
         score_text("asw_batch", float("nan"), batches=1) == "n/a (one batch in the scored cells)"
     )

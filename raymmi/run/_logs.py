@@ -66,6 +66,9 @@ def quiet_driver() -> None:
         os.environ.setdefault(name, value)
     if "ray.data" in sys.modules:  # configured at import: set the level it already read
         logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
+    # Tune's legacy reporter at verbose=0 prints nothing; the new one still prints its
+    # configuration box and a TensorBoard hint before every search
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # MLflow announces creating and upgrading its SQLite tables on every new store
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     for name in (

@@ -3,7 +3,7 @@
 Each statistics pass submits one task per input file (reading only the columns it needs),
 reduces the returned partials on the driver as they arrive, and fits; the last pass writes one
 output part per input part. Ray tasks rather than Ray Data: an output part must map to exactly
-one input part, while Ray Data packs small files into one block (docs/ray.md, "Ray Data"), and the
+one input part, while Ray Data packs small files into one block (raymmi/run/README.md, "Ray Data"), and the
 partials need a streaming reduce with bounded in-flight results, not a dataset.
 """
 

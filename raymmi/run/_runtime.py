@@ -21,7 +21,7 @@ from raymmi.schema import RaymmiError
 T = TypeVar("T")
 
 # Every worker gets single-threaded BLAS: several workers share a node, and oversubscribed
-# BLAS threads made a 600 x 1,134 PCA 150x slower on 2 cores (docs/ray.md, "Threads").
+# BLAS threads made a 600 x 1,134 PCA 150x slower on 2 cores (raymmi/run/README.md, "Threads").
 #
 # Ray Train's controller collects a worker's report only when it polls, every 2 s by default,
 # and a worker holds one report at a time: each epoch of a short run then waited up to 2 s, and

@@ -211,6 +211,9 @@ def _searcher(config: TuneConfig, space: SearchSpace, trials: int) -> tuple[Any,
 
     if config.search == "optuna":
         import optuna
+
+        if not verbose():  # it announces every in-memory study it creates
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         from ray.tune.search import Repeater
         from ray.tune.search.optuna import OptunaSearch
 

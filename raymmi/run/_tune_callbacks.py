@@ -21,7 +21,7 @@ def reap_orphaned_placement_groups() -> int:
     A trial that ASHA stops is killed with its Train controller, but the Train workers'
     placement group outlives them: Train V2 hands its removal to a helper that needs the
     dashboard's state API, and without it the CPUs stay reserved and later trials wait forever
-    (docs/ray.md, "Ray Tune"). A placement group created by an actor that has died is reachable
+    (raymmi/run/README.md, "Ray Tune"). A placement group created by an actor that has died is reachable
     by nobody, so removing it is safe. Reads the GCS table through Ray's private state accessor
     (no public API gives the creator): only on the Ray versions it was checked on.
     """
