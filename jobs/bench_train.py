@@ -37,7 +37,7 @@ from raymmi.config import OptimConfig, RayConfig, TrackingConfig, TrainConfig, f
 from raymmi.io import open_shard_set
 from raymmi.models._batches import arrow_to_batch
 from raymmi.run import generate_cells, init_ray, preprocess_cells, train
-from raymmi.run._train import plan_training
+from raymmi.run._train._driver import plan_training
 from raymmi.schema import depth_column, lists_to_sparse
 
 OFF = TrackingConfig(enabled=False)

@@ -73,7 +73,7 @@ def function_trials(n: int, epochs: int, concurrent: int, root: Path) -> dict[st
     """N plain function trials through the same driver resources and callbacks as a search."""
     from ray import tune
 
-    from raymmi.run._tune import DRIVER_CPU, _callbacks
+    from raymmi.run._tune._driver import DRIVER_CPU, _callbacks
 
     callbacks = _callbacks()
     clock = callbacks[1]

@@ -1,6 +1,6 @@
 """The one private Ray API raymmi uses (the tune placement-group reaper): fails on an upgrade.
 
-``raymmi.run._tune_callbacks.reap_orphaned_placement_groups`` reads the GCS placement-group
+``raymmi.run._tune._callbacks.reap_orphaned_placement_groups`` reads the GCS placement-group
 table through ``ray._private.state`` (no public API names a placement group's creator). These
 tests pin what it relies on, so a Ray upgrade fails here, loudly, and not inside a search.
 """

@@ -435,7 +435,7 @@ def test_truncated_part_with_matching_checksum_is_one_line(tmp_path):
 def test_drop_rows_of_every_row_is_one_line(tmp_path):
     from raymmi.config import IngestPlatesConfig
     from raymmi.io import PlateSplitter, SourceSummary
-    from raymmi.run._plates import _check
+    from raymmi.run._plates._driver import _check
 
     table = pa.Table.from_pandas(_frame(), preserve_index=False)
     splitter = PlateSplitter(str(tmp_path), table.schema, part_name="p", keys=["Metadata_Plate"])
@@ -503,7 +503,7 @@ def test_modalities_are_paired_by_id(tmp_path):
 )
 def test_impossible_counts_are_refused_at_ingest_naming_the_layer(tmp_path, value, what):
     from raymmi.io import _cells as h5
-    from raymmi.run._cells import _ingest_chunk
+    from raymmi.run._cells._driver import _ingest_chunk
 
     x = np.ones((5, 3), dtype=np.float32)
     x[2, 1] = value

@@ -21,8 +21,8 @@ from raymmi.plates import (
     Thresholds,
     feature_selection,
 )
-from raymmi.run import _select as run_select
 from raymmi.run import generate_plates, ingest_plates, select_features
+from raymmi.run._select import _driver as run_select
 from raymmi.schema import RaymmiError
 
 pytestmark = pytest.mark.usefixtures("ray_session")

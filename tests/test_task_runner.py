@@ -23,7 +23,8 @@ from raymmi import metrics as M
 from raymmi import testing
 from raymmi.config import IngestCellsConfig, TrackingConfig
 from raymmi.io import open_shard_set
-from raymmi.run import TaskConfig, _tasks, run_task
+from raymmi.run import TaskConfig, run_task
+from raymmi.run import _task as _tasks
 from raymmi.schema import RaymmiError
 
 CITE = "singlecell/openproblems_bmmc_cite_starter/openproblems_bmmc_cite_starter.output_{}.h5ad"

@@ -14,7 +14,7 @@ import torch
 from raymmi import models, testing
 from raymmi.config import OptimConfig, TrainConfig, from_dict
 from raymmi.models._batches import BatchLayout, arrow_to_batch, densify_rows
-from raymmi.run._train import _cpus_per_worker, plan_training, resolve_optim, split_mask
+from raymmi.run._train._driver import _cpus_per_worker, plan_training, resolve_optim, split_mask
 from raymmi.schema import RaymmiError, sparse_to_lists
 
 
@@ -310,7 +310,7 @@ def test_sailerx_hybrid_training_and_imputation_through_ray_train(multiome, tmp_
 
 
 def test_latest_written_checkpoint_skips_incomplete_folders(tmp_path):
-    from raymmi.run._train import _latest_written_checkpoint
+    from raymmi.run._train._driver import _latest_written_checkpoint
 
     assert _latest_written_checkpoint(tmp_path / "absent") is None
     for epoch, files in [(0, 3), (1, 2), (2, 3)]:

@@ -322,8 +322,8 @@ def test_in_process_trial_trains_what_raymmi_train_trains(multiome, tmp_path):
     import torch
 
     from raymmi.run import train
-    from raymmi.run._train import plan_training
-    from raymmi.run._tune_inprocess import train_in_process, trial_data, trial_plan
+    from raymmi.run._train._driver import plan_training
+    from raymmi.run._tune._inprocess import train_in_process, trial_data, trial_plan
 
     config = TrainConfig(
         model_name="sailerx",
@@ -365,9 +365,9 @@ def test_a_packed_member_trains_as_it_would_alone_and_a_diverging_one_fails(mult
 
     import torch
 
-    from raymmi.run._train import plan_training
-    from raymmi.run._tune_inprocess import train_in_process, trial_data, trial_plan
-    from raymmi.run._tune_pack import Member, Rungs, train_pack
+    from raymmi.run._train._driver import plan_training
+    from raymmi.run._tune._inprocess import train_in_process, trial_data, trial_plan
+    from raymmi.run._tune._pack import Member, Rungs, train_pack
 
     def config(lam: float, alpha: float, lr: float) -> TrainConfig:
         return TrainConfig(

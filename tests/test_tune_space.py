@@ -11,7 +11,7 @@ import yaml
 
 from raymmi import models
 from raymmi.config import TrainConfig, from_dict, to_dict
-from raymmi.run._tune import (
+from raymmi.run._tune._driver import (
     ResourcePlan,
     best_tree,
     check_metric,

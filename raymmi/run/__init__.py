@@ -1,8 +1,8 @@
 """The one layer that touches Ray: tasks and Ray Data pipelines composing the pure parts.
 
 The public names load on first use: a Ray worker that runs one stage's task (which imports
-``raymmi.run.<stage module>``) does not import every other stage, torch and MLflow with it
-(importing all of them took 10-14 s per worker process on 2 cores).
+``raymmi.run._<stage>._<module>``; one package per stage) does not import every other stage,
+torch and MLflow with it (importing all of them took 10-14 s per worker process on 2 cores).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from raymmi.run._cells import generate_cells, ingest_cells
+    from raymmi.run._cells._driver import generate_cells, ingest_cells
     from raymmi.run._datasets import ShardPartsSink, read_dataset
-    from raymmi.run._evaluate import HELDOUT, SCORE, evaluate_plates, summary_text
-    from raymmi.run._export import export
-    from raymmi.run._images import generate_images, ingest_images
+    from raymmi.run._evaluate._driver import HELDOUT, SCORE, evaluate_plates, summary_text
+    from raymmi.run._export._driver import export
+    from raymmi.run._images._driver import generate_images, ingest_images
     from raymmi.run._logs import (
         VERBOSE_ENV,
         EpochPrinter,
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
         verbose,
         worker_log_env,
     )
-    from raymmi.run._normalize import normalize
-    from raymmi.run._plates import generate_plates, ingest_plates
-    from raymmi.run._preprocess import preprocess_cells
+    from raymmi.run._normalize._driver import normalize
+    from raymmi.run._plates._driver import generate_plates, ingest_plates
+    from raymmi.run._preprocess._driver import preprocess_cells
     from raymmi.run._runtime import (
         PRIVATE_STATE_CHECKED,
         check_private_state_api,
@@ -35,46 +35,46 @@ if TYPE_CHECKING:
         init_ray,
         stream,
     )
-    from raymmi.run._select import select_features
-    from raymmi.run._tasks import TaskConfig, run_task, score_text
-    from raymmi.run._train import train
-    from raymmi.run._tune import summary_lines, tune
-    from raymmi.run._tune_callbacks import trial_line
+    from raymmi.run._select._driver import select_features
+    from raymmi.run._task import TaskConfig, run_task, score_text
+    from raymmi.run._train._driver import train
+    from raymmi.run._tune._callbacks import trial_line
+    from raymmi.run._tune._driver import summary_lines, tune
 
 _WHERE = {
     "PRIVATE_STATE_CHECKED": "_runtime",
     "check_private_state_api": "_runtime",
     "ShardPartsSink": "_datasets",
     "EpochPrinter": "_logs",
-    "HELDOUT": "_evaluate",
-    "SCORE": "_evaluate",
-    "TaskConfig": "_tasks",
+    "HELDOUT": "_evaluate._driver",
+    "SCORE": "_evaluate._driver",
+    "TaskConfig": "_task",
     "VERBOSE_ENV": "_logs",
     "epoch_line": "_logs",
-    "evaluate_plates": "_evaluate",
-    "export": "_export",
+    "evaluate_plates": "_evaluate._driver",
+    "export": "_export._driver",
     "gather": "_runtime",
-    "generate_cells": "_cells",
-    "generate_images": "_images",
-    "generate_plates": "_plates",
-    "ingest_cells": "_cells",
-    "ingest_images": "_images",
-    "ingest_plates": "_plates",
+    "generate_cells": "_cells._driver",
+    "generate_images": "_images._driver",
+    "generate_plates": "_plates._driver",
+    "ingest_cells": "_cells._driver",
+    "ingest_images": "_images._driver",
+    "ingest_plates": "_plates._driver",
     "init_ray": "_runtime",
-    "normalize": "_normalize",
-    "preprocess_cells": "_preprocess",
+    "normalize": "_normalize._driver",
+    "preprocess_cells": "_preprocess._driver",
     "quiet_driver": "_logs",
     "read_dataset": "_datasets",
-    "run_task": "_tasks",
-    "score_text": "_tasks",
-    "select_features": "_select",
+    "run_task": "_task",
+    "score_text": "_task",
+    "select_features": "_select._driver",
     "stream": "_runtime",
-    "summary_lines": "_tune",
-    "summary_text": "_evaluate",
-    "train": "_train",
+    "summary_lines": "_tune._driver",
+    "summary_text": "_evaluate._driver",
+    "train": "_train._driver",
     "train_log_level": "_logs",
-    "trial_line": "_tune_callbacks",
-    "tune": "_tune",
+    "trial_line": "_tune._callbacks",
+    "tune": "_tune._driver",
     "verbose": "_logs",
     "worker_log_env": "_logs",
 }

@@ -129,7 +129,7 @@ _STAGES = (
     ),
     Stage(
         "task",
-        "raymmi.run._tasks._config:TaskConfig",
+        "raymmi.run._task._config:TaskConfig",
         _runs.task,
         "NeurIPS 2021 tasks: predict, match, embed, scored",
         positional=(("task", "task"),),

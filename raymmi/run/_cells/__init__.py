@@ -1,0 +1,1 @@
+"""The ``cells`` ingest and generate stage: its driver and Ray tasks in ``_driver``."""

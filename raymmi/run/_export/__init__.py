@@ -1,0 +1,1 @@
+"""The ``raymmi export`` stage: its driver in ``_driver``."""

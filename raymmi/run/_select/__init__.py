@@ -1,0 +1,1 @@
+"""The ``raymmi select`` stage: its driver and Ray tasks in ``_driver``."""

@@ -1,0 +1,424 @@
+"""``raymmi tune --pack K``: K configurations of one architecture trained as one stacked model.
+
+The stacking itself is pure (:class:`raymmi.models._pack.PackedModel`); this module groups a
+search's configurations into packs (:func:`make_packs`), trains one pack on the search's decoded
+cells (:func:`train_pack`: the same batches, validation split, shuffling and per-epoch metrics
+as an in-process trial of each member), and is the Tune function trainable of a pack
+(:func:`_run_pack_trial`). Each member is still a trial to the user: its own row in
+``trials.csv`` / ``results.csv`` and its own nested MLflow run with per-epoch metrics.
+
+Early stopping applies per member: at every ASHA rung (``grace_period * reduction_factor**k``
+epochs) the members still training are ranked by the metric and only the best
+``1/reduction_factor`` go on (ASHA's rung rule, applied to the members of the pack, which reach
+each rung together); stopped members leave the stacked model. A member whose loss is no
+longer finite fails (its row names the configuration and the epoch), the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raymmi import models
+from raymmi.config import TrainConfig, from_dict
+from raymmi.run._train._plan import TrainPlan
+from raymmi.run._tune._inprocess import TrialData, split, trial_plan
+from raymmi.schema import RaymmiError
+
+# optim / top-level settings every member of a pack shares: they decide the mini-batches
+SHARED = ("batch_size", "epochs", "shuffle_buffer", "seed", "amp")
+
+
+@dataclasses.dataclass
+class Member:
+    """One configuration and seed of a pack, and what became of it."""
+
+    params: dict[str, Any]
+    seed: int
+    config_id: str
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    status: str = "running"  # running -> completed | stopped | error
+    error: str = ""
+
+
+@dataclasses.dataclass
+class Rungs:
+    """ASHA's rungs over ``epochs_done``: ``grace * eta**k`` below ``max_t``."""
+
+    grace: int
+    eta: int
+    max_t: int
+    metric: str
+    mode: str
+
+    def at(self) -> set[int]:
+        out, t = set(), self.grace
+        while t < self.max_t:
+            out.add(t)
+            t *= self.eta
+        return out
+
+    def survivors(self, values: Sequence[float]) -> list[int]:
+        """Positions that go on: the best ``ceil(n / eta)`` (ties kept), NaN never."""
+        finite = [(v, i) for i, v in enumerate(values) if math.isfinite(v)]
+        if not finite:
+            return []
+        keep = max(1, math.ceil(len(values) / self.eta))
+        ordered = sorted(finite, reverse=self.mode == "max")
+        cutoff = ordered[min(keep, len(ordered)) - 1][0]
+        if self.mode == "max":
+            return [i for v, i in finite if v >= cutoff]
+        return [i for v, i in finite if v <= cutoff]
+
+
+def pack_key(plan: TrainPlan) -> tuple[Any, ...]:
+    """What the members of a pack must share: architecture, inputs and the batch settings."""
+    from raymmi.models._pack import architecture_key, check_packable
+
+    with _meta():
+        model = models.model_class(plan.model_name)(plan.model_config, plan.layout.dims)
+    check_packable(model)
+    shared = tuple(plan.optim.get(k) for k in SHARED)
+    return (
+        architecture_key(model),
+        shared,
+        plan.val_fraction,
+        plan.hybrid_every,
+        plan.score_every,
+        plan.label_key,
+    )
+
+
+class _meta:
+    """Build models on the meta device (shapes only) while this context is open."""
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.before = torch.get_default_device()
+        torch.set_default_device("meta")
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.set_default_device(self.before)
+
+
+def make_packs(
+    keyed: Sequence[tuple[Any, dict[str, Any]]], size: int
+) -> tuple[list[list[dict[str, Any]]], int]:
+    """Group members by key into packs of at most ``size``; return them and the key count."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for key, member in keyed:
+        groups.setdefault(key, []).append(member)
+    packs = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+    return packs, len(groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# training one pack (no Tune: the trainable below and the tests call it)
+# ----------------------------------------------------------------------------------------------
+
+
+def train_pack(
+    plans: Sequence[TrainPlan],
+    members: Sequence[Member],
+    data: TrialData,
+    *,
+    rungs: Rungs | None = None,
+    device: str = "cpu",
+    report: Callable[[int, list[Member]], None] | None = None,
+) -> tuple[list[Member], Any]:
+    """Train the members' plans as one stacked model; fill each member's history and status.
+
+    Returns the members and the :class:`~raymmi.models._pack.PackedModel` (holding the
+    members still in it at the end, in order).
+    """
+    import torch
+
+    from raymmi.models._pack import PackedModel
+    from raymmi.run._train._embed import _is_number, _scores
+    from raymmi.run._train._loop import MemoryBatches, _epoch_metrics, _to
+
+    base = plans[0]
+    torch.set_num_threads(base.threads)
+    dev = torch.device(device)
+    optim = base.optim
+    seed, epochs = int(optim["seed"]), int(optim["epochs"])
+    built = []
+    for plan in plans:
+        torch.manual_seed(seed)  # as build_model does for a trial alone
+        built.append(models.model_class(plan.model_name)(plan.model_config, plan.layout.dims))
+    pack = PackedModel(
+        [m.to(dev) for m in built],
+        [float(p.optim["lr"]) for p in plans],
+        [float(p.optim["weight_decay"]) for p in plans],
+    )
+    active = list(range(len(plans)))  # member index of each pack position
+    train, val = split(data, base)
+    batch_size = int(optim["batch_size"])
+    train_batches = MemoryBatches(train, batch_size)
+    val_batches = MemoryBatches(val, batch_size) if val is not None else None
+    shuffle = int(optim["shuffle_buffer"]) > 0
+    rung_epochs = rungs.at() if rungs is not None else set()
+    for epoch in range(epochs):
+        if not active:
+            break
+        pack.train()
+        tick = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        cells, data_seconds = 0.0, 0.0
+        batches = iter(train_batches(shuffle_seed=seed * 1000 + epoch if shuffle else None))
+        while True:
+            wait = time.perf_counter()
+            batch = next(batches, None)
+            data_seconds += time.perf_counter() - wait
+            if batch is None:
+                break
+            n = len(next(iter(batch.values())))
+            if n < 2:
+                continue
+            for key, value in pack.step(_to(batch, dev), epoch=epoch).items():
+                sums[f"train_{key}"] = sums.get(f"train_{key}", 0) + value * n
+            cells += n
+        seconds = time.perf_counter() - tick
+        scores: list[dict[str, float]] = [{} for _ in active]
+        val_cells = 0.0
+        if val_batches is not None:
+            pack.eval()
+            scored = base.label_key is not None and (
+                (epoch + 1) % base.score_every == 0 or epoch == epochs - 1
+            )
+            embeddings, labels = [], []
+            with torch.no_grad():
+                for batch in val_batches():
+                    n = len(next(iter(batch.values())))
+                    batch = _to(batch, dev)
+                    for key, value in pack.losses(batch, epoch=epoch).items():
+                        sums[f"val_{key}"] = sums.get(f"val_{key}", 0) + value * n
+                    val_cells += n
+                    if scored:
+                        embeddings.append(pack.embed(batch).float().cpu().numpy())
+                        labels.append(batch[str(base.label_key)].cpu().numpy())
+            if scored and embeddings:
+                stacked, codes = np.concatenate(embeddings, axis=1), np.concatenate(labels)
+                for j in range(len(active)):
+                    got = _scores({"embedding": stacked[j], "labels": codes}, base.label_key)
+                    scores[j] = {
+                        f"score_val_{k}": float(v)
+                        for k, v in got.items()
+                        if _is_number(v) and k != "metric_cells"
+                    }
+        totals = {k: v.detach().cpu().double().tolist() for k, v in sums.items()}
+        share = len(active)
+        keep: list[int] = []
+        for j, index in enumerate(active):
+            member = members[index]
+            row = {k: float(v[j]) for k, v in totals.items()}
+            row.update(scores[j])
+            row.update(
+                cells=cells,
+                val_cells=val_cells,
+                seconds=seconds / share,  # the member's share of the pack's epoch
+                data_seconds=data_seconds / share,
+            )
+            metrics = _epoch_metrics(row, 1, epoch)
+            metrics["attempt_start_epoch"] = 0.0
+            metrics["weights_rank_spread"] = 0.0
+            metrics["packed_members"] = float(share)
+            member.history.append(metrics)
+            if not bool(pack.finite[j]) or not math.isfinite(metrics.get("train_loss", 0.0)):
+                member.status = "error"
+                member.error = (
+                    f"diverged: the loss is not finite at epoch {epoch} (configuration "
+                    f"{json.dumps(member.params, default=str)}, seed {member.seed})"
+                )
+            else:
+                keep.append(j)
+        if rungs is not None and epoch + 1 in rung_epochs and keep:
+            values = [members[active[j]].history[-1].get(rungs.metric, math.nan) for j in keep]
+            going = {keep[p] for p in rungs.survivors(values)}
+            for j in keep:
+                if j not in going:
+                    members[active[j]].status = "stopped"
+            keep = [j for j in keep if j in going]
+        if epoch == epochs - 1:
+            for j in keep:
+                members[active[j]].status = "completed"
+        if report is not None:
+            report(epoch, [members[i] for i in active])
+        if len(keep) < len(active):
+            pack.keep(keep)
+            active = [active[j] for j in keep]
+    return list(members), pack
+
+
+# ----------------------------------------------------------------------------------------------
+# the Tune function trainable of one pack
+# ----------------------------------------------------------------------------------------------
+
+
+def member_plans(
+    setup: Any, pack: Sequence[Mapping[str, Any]]
+) -> tuple[list[TrainPlan], list[Member], list[dict[str, Any]]]:
+    """The members of a pack as training plans, records and config trees."""
+    from raymmi.tune_space import apply_params
+
+    plans, members, trees = [], [], []
+    for entry in pack:
+        tree = apply_params(setup.base, {**setup.fixed, **entry["params"]})
+        tree["optim"]["seed"] = int(entry["seed"])
+        tree["out"] = setup.out
+        config = from_dict(TrainConfig, tree, where="trial")
+        plan = dataclasses.replace(trial_plan(setup.plan, config), threads=setup.threads)
+        plans.append(plan)
+        members.append(Member(dict(entry["params"]), int(entry["seed"]), entry["config_id"]))
+        trees.append({k: v for k, v in tree.items() if k not in ("out", "overwrite")})
+    return plans, members, trees
+
+
+def _run_pack_trial(
+    config: dict[str, Any], setup: Any, data: TrialData, packs: Sequence[Sequence[dict]]
+) -> None:
+    """Train one pack (``config["pack"]`` indexes ``packs``); write ``pack.json`` last."""
+    from ray import tune
+
+    from raymmi import track
+
+    trial_id = tune.get_context().get_trial_id()
+    folder = Path(setup.out) / "trials" / trial_id
+    done = folder / "pack.json"
+    if done.exists():  # finished before an interruption: train nothing
+        saved = json.loads(done.read_text())
+        tune.report({**saved["report"], "completed": 1.0})
+        return
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    plans, members, trees = member_plans(setup, packs[int(config["pack"])])
+    rungs = setup.rungs
+    epochs = int(plans[0].optim["epochs"])
+
+    def best(group: Sequence[Member]) -> float:
+        values = [m.history[-1].get(setup.metric, math.nan) for m in group if m.history]
+        finite = [v for v in values if math.isfinite(v)] or [math.nan]
+        return max(finite) if setup.mode == "max" else min(finite)
+
+    def report(epoch: int, active: list[Member]) -> None:
+        tune.report({"epochs_done": epoch + 1, setup.metric: best(active), "members": len(active)})
+
+    members, _ = train_pack(plans, members, data, rungs=rungs, device=setup.device, report=report)
+    wall = time.perf_counter() - started
+    uri = setup.tracking.uri if setup.tracking.enabled else None
+    rows = []
+    logged = 0.0
+    for i, (member, tree) in enumerate(zip(members, trees, strict=True)):
+        member_id = f"{trial_id}-m{i:02d}"
+        final = dict(member.history[-1]) if member.history else {}
+        final["epochs_done"] = float(len(member.history))
+        if uri is not None:
+            tags = {
+                "raymmi.command": "train",
+                "raymmi.model": plans[i].model_name,
+                "raymmi.search": setup.name,
+                "raymmi.trial_id": member_id,
+                "raymmi.pack": trial_id,
+                "raymmi.config_id": member.config_id,
+                "raymmi.seed": member.seed,
+            }
+            if member.status == "stopped":
+                tags["raymmi.stopped_early"] = "true"
+                tags["raymmi.stopped_at_epoch"] = len(member.history)
+            if setup.parent_run_id:
+                tags["mlflow.parentRunId"] = setup.parent_run_id
+            tick = time.perf_counter()
+            run_id = track.start_batched_run(
+                uri,
+                setup.tracking.experiment,
+                run_name=f"{setup.name}-{member_id}",
+                config=tree,
+                tags=tags,
+            )
+            track.log_metric_rows(uri, run_id, list(enumerate(member.history)))
+            # an early stop is the search working: FINISHED, tagged (KILLED reads as a crash)
+            status = {"completed": "FINISHED", "stopped": "FINISHED"}.get(member.status, "FAILED")
+            track.end_batched_run(uri, run_id, status)
+            logged += time.perf_counter() - tick
+        rows.append(
+            {
+                "trial_id": member_id,
+                "params": member.params,
+                "seed": member.seed,
+                "config_id": member.config_id,
+                "status": member.status,
+                "error": member.error,
+                "final": {k: v for k, v in final.items() if _finite(v)},
+                "epoch_seconds": sum(h.get("epoch_seconds", 0.0) for h in member.history),
+            }
+        )
+    last = {"epochs_done": epochs, setup.metric: best(members)}
+    saved = {"members": rows, "report": last, "wall_seconds": wall, "mlflow_seconds": logged}
+    tmp = folder / "pack.json.tmp"
+    tmp.write_text(json.dumps(saved, default=float))
+    tmp.replace(done)
+    tune.report({**last, "completed": 1.0})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def member_rows(out: Path, trial_ids: Sequence[str], keys: Sequence[str], metric: str) -> list:
+    """Rows of ``trials.csv``, one per member, from the packs' ``pack.json`` files."""
+    from raymmi.run._tune._tables import _cell
+
+    rows = []
+    for trial_id in trial_ids:
+        path = out / "trials" / trial_id / "pack.json"
+        if not path.exists():
+            continue
+        saved = json.loads(path.read_text())
+        share = saved["wall_seconds"] / max(1, len(saved["members"]))
+        for m in saved["members"]:
+            final = m["final"]
+            row = {
+                "trial_id": m["trial_id"],
+                "config_id": m["config_id"],
+                "seed": m["seed"],
+                **{k: _cell(m["params"].get(k)) for k in keys},
+                metric: final.get(metric, math.nan),
+                "epochs": int(final.get("epochs_done", 0)),
+                "status": m["status"],
+                "error": m["error"],
+                "wall_seconds": share,
+                "epoch_seconds": m["epoch_seconds"],
+                "train_seconds": math.nan,
+                "mlflow_seconds": saved.get("mlflow_seconds", 0.0) / max(1, len(saved["members"])),
+                "pack": trial_id,
+            }
+            for key in ("val_loss", "train_loss", "val_ari", "val_nmi", "val_silhouette"):
+                if key != metric and key in final:
+                    row[key] = final[key]
+            rows.append(row)
+    return rows
+
+
+def check_pack(config: Any, in_process: bool) -> None:
+    """Raise for ``--pack`` settings no pack can run with."""
+    if config.pack <= 1:
+        return
+    if not in_process:
+        msg = "--pack trains one-worker trials in one process: it cannot run with --workers > 1"
+        raise RaymmiError(msg)
+    if config.search == "optuna":
+        msg = (
+            "--pack K needs its K configurations up front; Optuna's TPE suggests one at a time "
+            "from the results so far: use --search random or --search grid with --pack"
+        )
+        raise RaymmiError(msg)
