@@ -79,10 +79,11 @@ def _ray_train(data: str, root: Path, model: str, batch: int, epochs: int) -> tu
 def _loop(model: models.Model, batches, n_cells: int) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
     model.train()
+    kl_weight = models.kl_schedule(20, **models.annealing(model.config))  # epoch 20's weight
     tick = time.perf_counter()
     seen = 0
     for batch in batches:
-        out = model.loss(batch, epoch=20)
+        out = model.objective(batch, kl_weight=kl_weight)
         optimizer.zero_grad()
         out.total.backward()
         optimizer.step()

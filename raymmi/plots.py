@@ -269,7 +269,7 @@ def loss_curves(history: pd.DataFrame, *, title: str = "") -> Figure:
     ----------
     history
         One row per epoch with an ``epoch`` column and metric columns, as written by
-        ``raymmi train`` (``train_loss``, ``val_loss``, ``train_recon`` ...).
+        ``raymmi train`` (``train_loss``, ``val_loss``, ``train_gamma_L_Local`` ...).
     title
         Figure title.
     """

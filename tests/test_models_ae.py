@@ -64,21 +64,27 @@ def test_ae_loss_matches_hand_computation():
     model = _build(models.AE, models.AEConfig, alpha=0.01, beta=0.02)
     batch = _batch()
     mse, l1, l2, _, total = _hand_loss(model, batch, alpha=0.01, beta=0.02)
-    out = model.loss(batch, epoch=0)
-    assert _f(out.terms["mse"]) == pytest.approx(mse, rel=1e-5)
-    assert _f(out.terms["l1_activity"]) == pytest.approx(l1, rel=1e-5)
-    assert _f(out.terms["l2_weights"]) == pytest.approx(l2, rel=1e-5)
+    out = model.objective(batch)
+    assert _f(out.terms["MSE"]) == pytest.approx(mse, rel=1e-5)
+    assert _f(out.terms["alpha_L_activity"]) == pytest.approx(0.01 * l1, rel=1e-5)
+    assert _f(out.terms["beta_L_weights"]) == pytest.approx(0.02 * l2, rel=1e-5)
+    raw = model.unweighted_terms(batch, model(batch))
+    assert _f(raw["alpha_L_activity"]) == pytest.approx(l1, rel=1e-5)
+    assert _f(raw["beta_L_weights"]) == pytest.approx(l2, rel=1e-5)
     assert _f(out.total) == pytest.approx(total, rel=1e-5)
+    assert _f(sum(out.terms.values())) == _f(out.total)  # exactly
 
 
 def test_sae_adds_exactly_the_bottleneck_l1():
     model = _build(models.SAE, models.SAEConfig, sparsity=0.05)
     batch = _batch()
     *_, sparse, total = _hand_loss(model, batch, alpha=1e-4, beta=1e-3, sparsity=0.05)
-    out = model.loss(batch, epoch=0)
-    assert _f(out.terms["l1_bottleneck"]) == pytest.approx(sparse, rel=1e-5)
+    out = model.objective(batch)
+    assert _f(out.terms["sparsity_L_bottleneck"]) == pytest.approx(0.05 * sparse, rel=1e-5)
+    raw = model.unweighted_terms(batch, model(batch))
+    assert _f(raw["sparsity_L_bottleneck"]) == pytest.approx(sparse, rel=1e-5)
     assert _f(out.total) == pytest.approx(total, rel=1e-5)
-    plain = _build(models.AE, models.AEConfig).loss(batch, epoch=0)
+    plain = _build(models.AE, models.AEConfig).objective(batch)
     gap = _f(out.total) - _f(plain.total)
     assert gap == pytest.approx(0.05 * sparse, rel=1e-4)
 
@@ -88,15 +94,15 @@ def test_dae_corrupts_only_while_training():
     dae = _build(models.DAE, models.DAEConfig, noise_sd=0.5)
     ae = _build(models.AE, models.AEConfig)
     dae.eval()
-    assert _f(dae.loss(batch, epoch=0).total) == pytest.approx(_f(ae.loss(batch, epoch=0).total))
+    assert _f(dae.objective(batch).total) == pytest.approx(_f(ae.objective(batch).total))
     dae.train()
     torch.manual_seed(3)
-    noisy = dae.loss(batch, epoch=0).floats()["mse"]
-    assert noisy != pytest.approx(ae.loss(batch, epoch=0).floats()["mse"])
+    noisy = dae.objective(batch).floats()["MSE"]
+    assert noisy != pytest.approx(ae.objective(batch).floats()["MSE"])
 
     # Without noise the denoising AE is the plain AE.
     quiet = _build(models.DAE, models.DAEConfig, noise_sd=0.0)
-    assert _f(quiet.loss(batch, epoch=0).total) == pytest.approx(_f(ae.loss(batch, epoch=0).total))
+    assert _f(quiet.objective(batch).total) == pytest.approx(_f(ae.objective(batch).total))
 
 
 def test_dae_corruption_statistics():
@@ -119,13 +125,13 @@ def test_a_few_steps_lower_the_loss(cls, config_cls):
     batch = _batch(n=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
-    before = model.loss(batch, epoch=0).floats()["loss"]
+    before = model.objective(batch).floats()["loss"]
     for _ in range(25):
         optimizer.zero_grad()
-        model.loss(batch, epoch=0).total.backward()
+        model.objective(batch).total.backward()
         optimizer.step()
     torch.manual_seed(0)
-    assert model.loss(batch, epoch=0).floats()["loss"] < 0.9 * before
+    assert model.objective(batch).floats()["loss"] < 0.9 * before
 
 
 @pytest.mark.parametrize(

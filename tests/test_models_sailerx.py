@@ -162,9 +162,9 @@ def test_local_alignment_matches_loops():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_kl_weight_schedule():
+def test_kl_schedule():
     def w(epoch):
-        return sx.kl_weight(epoch, warmup_epochs=10, kl_cycle=100)
+        return models.kl_schedule(epoch, warmup_epochs=10, kl_cycle=100)
 
     assert [w(e) for e in range(10)] == [0.0] * 10  # warm-up
     assert w(10) == 0.0  # a cycle starts at 0
@@ -172,37 +172,67 @@ def test_kl_weight_schedule():
     assert w(35) == pytest.approx(0.5)
     assert w(60) == 1.0 and w(109) == 1.0  # second half of the cycle holds 1
     assert w(110) == 0.0 and w(135) == pytest.approx(0.5)  # next cycle
-    assert sx.kl_weight(3, warmup_epochs=0, kl_cycle=0) == 1.0
-    assert sx.kl_weight(0, warmup_epochs=0, kl_cycle=4) == 0.0
+    assert models.kl_schedule(3, warmup_epochs=0, kl_cycle=0) == 1.0
+    assert models.kl_schedule(0, warmup_epochs=0, kl_cycle=4) == 0.0
+    config = models.SAILERXConfig(warmup_epochs=3, kl_cycle=8)
+    assert models.annealing(config) == {"warmup_epochs": 3, "kl_cycle": 8}
+    assert models.annealing(models.UMINTConfig()) == {"warmup_epochs": 0, "kl_cycle": 0}
+
+
+# the unweighted value behind each weighted term, under the short names the formulas use
+SHORT = {
+    "recon_weight_L_Recon": "recon",
+    "kl_weight_L_KL": "kl",
+    "kl_weight_lambda_L_Marginal": "marginal_kl",
+    "gamma_L_Local": "local",
+}
 
 
 def _loss(model, batch, epoch, seed=7):
+    """The loss at ``epoch`` with the training loop's KL schedule."""
     torch.manual_seed(seed)
-    return model.loss(batch, epoch=epoch)
+    kl_weight = models.kl_schedule(epoch, **models.annealing(model.config))
+    return model.loss(batch, model(batch), kl_weight=kl_weight)
+
+
+def _raw(model, batch, seed=7):
+    """The unweighted terms of the same forward (same seed, same sample of ``z``)."""
+    torch.manual_seed(seed)
+    values = model.unweighted_terms(batch, model(batch))
+    return {SHORT[k]: _f(v) for k, v in values.items()}
 
 
 def test_total_combines_the_terms():
     model = _model(warmup_epochs=2, kl_cycle=4, gamma=30.0, lam=0.5)
     out = _loss(model, _batch(), epoch=3)  # t = 1 → kl weight 0.5
-    t = out.floats()
+    t = _raw(model, _batch())
     expected = 20.0 * t["recon"] + 0.5 * (t["kl"] + 0.5 * t["marginal_kl"]) + 30.0 * t["local"]
     assert _f(out.total) == pytest.approx(expected, rel=1e-5)
-    assert set(out.floats()) == {"recon", "kl", "marginal_kl", "local", "loss"}
+    assert set(out.terms) == set(SHORT)
+    assert set(out.floats()) == {*SHORT, "L_Inv", "loss"}
+    w = out.floats()
+    assert w["kl_weight_L_KL"] == pytest.approx(0.5 * t["kl"], rel=1e-6)
+    assert w["kl_weight_lambda_L_Marginal"] == pytest.approx(0.25 * t["marginal_kl"], rel=1e-6)
+    assert w["gamma_L_Local"] == pytest.approx(30.0 * t["local"], rel=1e-6)
+    assert w["L_Inv"] == pytest.approx(w["loss"] - w["gamma_L_Local"], rel=1e-5)
+    assert _f(sum(out.terms.values())) == _f(out.total)  # exactly
 
 
 def test_paper_likelihood_factor():
     model = _model(paper_likelihood_factor=True, lam=0.5, warmup_epochs=0, kl_cycle=0)
     out = _loss(model, _batch(), epoch=0)
-    t = out.floats()
+    t = _raw(model, _batch())
     expected = 1.5 * 20.0 * t["recon"] + t["kl"] + 0.5 * t["marginal_kl"] + 6000.0 * t["local"]
     assert _f(out.total) == pytest.approx(expected, rel=1e-5)
+    assert _f(out.terms["recon_weight_L_Recon"]) == pytest.approx(30.0 * t["recon"], rel=1e-6)
 
 
 def test_warmup_trains_reconstruction_and_alignment_only():
     model = _model(warmup_epochs=10)
     out = _loss(model, _batch(), epoch=9)
-    t = out.floats()
-    assert t["kl"] > 0 and t["marginal_kl"] > 0  # logged, but not in the total
+    t = _raw(model, _batch())
+    assert t["kl"] > 0 and t["marginal_kl"] > 0  # computed, but weighted 0
+    assert _f(out.terms["kl_weight_L_KL"]) == _f(out.terms["kl_weight_lambda_L_Marginal"]) == 0
     assert _f(out.total) == pytest.approx(20.0 * t["recon"] + 6000.0 * t["local"], rel=1e-5)
 
 
@@ -210,10 +240,14 @@ def test_gamma_zero_removes_exactly_the_local_term():
     batch = _batch()
     full = _loss(_model(warmup_epochs=0, kl_cycle=0), batch, epoch=5)
     none = _loss(_model(warmup_epochs=0, kl_cycle=0, gamma=0.0), batch, epoch=5)
-    for key in ("recon", "kl", "marginal_kl", "local"):
+    for key in ("recon_weight_L_Recon", "kl_weight_L_KL", "kl_weight_lambda_L_Marginal"):
         assert _f(none.terms[key]) == pytest.approx(_f(full.terms[key]), rel=1e-6)
+    assert _f(none.terms["gamma_L_Local"]) == 0.0
     gap = _f(full.total) - _f(none.total)
-    assert gap == pytest.approx(6000.0 * _f(full.terms["local"]), rel=1e-4)
+    assert gap == pytest.approx(_f(full.terms["gamma_L_Local"]), rel=1e-4)
+    assert _raw(_model(warmup_epochs=0, kl_cycle=0), batch)["local"] == pytest.approx(
+        _f(full.terms["gamma_L_Local"]) / 6000.0, rel=1e-6
+    )
 
 
 def test_lambda_zero_removes_exactly_the_marginal_kl():
@@ -221,28 +255,31 @@ def test_lambda_zero_removes_exactly_the_marginal_kl():
     full = _loss(_model(warmup_epochs=0, kl_cycle=0, lam=2.0), batch, epoch=5)
     none = _loss(_model(warmup_epochs=0, kl_cycle=0, lam=0.0), batch, epoch=5)
     gap = _f(full.total) - _f(none.total)
-    assert gap == pytest.approx(2.0 * _f(full.terms["marginal_kl"]), rel=1e-4, abs=1e-3)
+    marginal = _raw(_model(warmup_epochs=0, kl_cycle=0, lam=2.0), batch)["marginal_kl"]
+    assert gap == pytest.approx(2.0 * marginal, rel=1e-4, abs=1e-3)
+    assert _f(full.terms["kl_weight_lambda_L_Marginal"]) == pytest.approx(2.0 * marginal, rel=1e-6)
 
 
 def test_model_terms_use_latent_means_and_batch_depths():
     model = _model()
     batch = _batch()
-    out = _loss(model, batch, epoch=50)
+    t = _raw(model, batch)
     mu, logvar = model.encode(batch["atac"])
-    assert _f(out.terms["kl"]) == pytest.approx(_f(sx.gaussian_kl(mu, logvar)), rel=1e-5)
+    assert t["kl"] == pytest.approx(_f(sx.gaussian_kl(mu, logvar)), rel=1e-5)
     weights = sx.alignment_weights(batch["rna_depth"], batch["atac_depth"])
     local = sx.local_alignment(batch["rna_pca"], mu, weights)
-    assert _f(out.terms["local"]) == pytest.approx(_f(local), rel=1e-5)
+    assert t["local"] == pytest.approx(_f(local), rel=1e-5)
 
 
 def test_hybrid_batch_without_reference_trains_l_inv_only():
     model = _model(warmup_epochs=0, kl_cycle=0)
     batch = {k: v for k, v in _batch().items() if k not in ("rna_pca", "rna_depth")}
     out = _loss(model, batch, epoch=3)
-    assert "local" not in out.terms
-    t = out.floats()
+    assert "gamma_L_Local" not in out.terms
+    t = _raw(model, batch)
     expected = 20.0 * t["recon"] + t["kl"] + t["marginal_kl"]
     assert _f(out.total) == pytest.approx(expected, rel=1e-5)
+    assert _f(out.subtotals["L_Inv"]) == _f(out.total)
     assert model.reference(batch) is None
 
 
@@ -250,10 +287,10 @@ def test_reference_without_rna_depth_weights_cells_uniformly():
     model = _model()
     batch = _batch()
     del batch["rna_depth"]
-    out = _loss(model, batch, epoch=50)
+    t = _raw(model, batch)
     mu, _ = model.encode(batch["atac"])
     expected = sx.local_alignment(batch["rna_pca"], mu, torch.ones(len(mu)))
-    assert _f(out.terms["local"]) == pytest.approx(_f(expected), rel=1e-5)
+    assert t["local"] == pytest.approx(_f(expected), rel=1e-5)
 
 
 def test_confounders_one_hot_batch_and_standardized_depth():
@@ -274,7 +311,7 @@ def test_no_batch_key_means_depth_only():
     assert "batch" not in models.SAILERX.inputs(config).codes
     batch = {k: v for k, v in _batch().items() if k != "batch"}
     assert model.confounders(batch).shape == (6, 1)
-    assert torch.isfinite(model.loss(batch, epoch=20).total)
+    assert torch.isfinite(_loss(model, batch, epoch=20).total)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +373,7 @@ def test_dense_encoder_widths():
     model = models.SAILERX(models.SAILERXConfig(**SMALL, chromosome_split=False), _dims())
     assert [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)] == [12, 6]
     assert model.decoder[-1].out_features == len(PEAKS)
-    assert torch.isfinite(model.loss(_batch(), epoch=20).total)
+    assert torch.isfinite(_loss(model, _batch(), epoch=20).total)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,6 +496,6 @@ def test_missing_data_names_the_column():
         models.SAILERX(config, no_batch)
     model = _model()
     with pytest.raises(RaymmiError, match="'atac_depth'"):
-        model.loss({k: v for k, v in _batch().items() if k != "atac_depth"}, epoch=0)
+        model.objective({k: v for k, v in _batch().items() if k != "atac_depth"})
     with pytest.raises(RaymmiError, match="at least 2 cells"):
-        model.loss(_batch(n=1), epoch=0)
+        model.objective(_batch(n=1))

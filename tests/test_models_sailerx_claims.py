@@ -80,10 +80,11 @@ def _train(batch, dims) -> np.ndarray:
     n = len(batch["atac"])
     for epoch in range(EPOCHS):
         model.train()
+        kl_weight = models.kl_schedule(epoch, **models.annealing(config))
         order = torch.from_numpy(rng.permutation(n))
         for start in range(0, n - 1, 200):
             rows = order[start : start + 200]
-            out = model.loss({k: v[rows] for k, v in batch.items()}, epoch=epoch)
+            out = model.objective({k: v[rows] for k, v in batch.items()}, kl_weight=kl_weight)
             optimizer.zero_grad()
             out.total.backward()
             optimizer.step()

@@ -84,32 +84,39 @@ def test_loss_matches_hand_computation():
     penalized = [*model.encoders, model.bottleneck, *model.decoders]
     l2 = sum((_numpy(layer)[0] ** 2).sum() for layer in penalized)
 
-    out = model.loss(batch, epoch=0)
-    assert _f(out.terms["mse_rna_hvg"]) == pytest.approx(mse[0], rel=1e-5)
-    assert _f(out.terms["mse_adt_clr"]) == pytest.approx(mse[1], rel=1e-5)
-    assert _f(out.terms["l1_activity"]) == pytest.approx(activity, rel=1e-5)
-    assert _f(out.terms["l2_weights"]) == pytest.approx(l2, rel=1e-5)
+    out = model.objective(batch)
+    assert _f(out.terms["lambda_i_MSE_rna_hvg"]) == pytest.approx(2.0 * mse[0], rel=1e-5)
+    assert _f(out.terms["lambda_i_MSE_adt_clr"]) == pytest.approx(0.5 * mse[1], rel=1e-5)
+    assert _f(out.terms["alpha_L_activity"]) == pytest.approx(0.01 * activity, rel=1e-5)
+    assert _f(out.terms["beta_L_weights"]) == pytest.approx(0.02 * l2, rel=1e-5)
+    raw = model.unweighted_terms(batch, model(batch))
+    assert _f(raw["lambda_i_MSE_rna_hvg"]) == pytest.approx(mse[0], rel=1e-5)
+    assert _f(raw["alpha_L_activity"]) == pytest.approx(activity, rel=1e-5)
+    assert _f(sum(out.terms.values())) == _f(out.total)  # exactly
     expected = 2.0 * mse[0] + 0.5 * mse[1] + 0.01 * activity + 0.02 * l2
     assert _f(out.total) == pytest.approx(expected, rel=1e-5)
 
 
 def test_alpha_and_beta_zero_remove_their_terms():
     batch = _batch()
-    full = _model().loss(batch, epoch=0)
-    no_alpha = _model(alpha=0.0).loss(batch, epoch=0)
-    no_beta = _model(beta=0.0).loss(batch, epoch=0)
+    full = _model().objective(batch)
+    no_alpha = _model(alpha=0.0).objective(batch)
+    no_beta = _model(beta=0.0).objective(batch)
     t = full.floats()
     gap_alpha = t["loss"] - no_alpha.floats()["loss"]
     gap_beta = t["loss"] - no_beta.floats()["loss"]
-    assert gap_alpha == pytest.approx(1e-4 * t["l1_activity"], rel=1e-3)
-    assert gap_beta == pytest.approx(1e-3 * t["l2_weights"], rel=1e-3)
+    assert gap_alpha == pytest.approx(t["alpha_L_activity"], rel=1e-3)
+    assert gap_beta == pytest.approx(t["beta_L_weights"], rel=1e-3)
+    raw = {k: _f(v) for k, v in _model().unweighted_terms(batch, _model()(batch)).items()}
+    assert t["alpha_L_activity"] == pytest.approx(1e-4 * raw["alpha_L_activity"], rel=1e-6)
+    assert t["beta_L_weights"] == pytest.approx(1e-3 * raw["beta_L_weights"], rel=1e-6)
 
 
 def test_encoding_modules_see_only_their_own_modality():
     model = _model()
     batch = {m: v.requires_grad_(True) for m, v in _batch().items()}
-    activations, code, _ = model([batch["rna_hvg"], batch["adt_clr"]])
-    rna_module = activations[0]
+    outputs = model(batch)
+    rna_module, code = outputs.activations[0], outputs.code
     (grad_adt,) = torch.autograd.grad(rna_module.sum(), batch["adt_clr"], allow_unused=True)
     assert grad_adt is None or float(grad_adt.abs().sum()) == 0.0
     grads = torch.autograd.grad(code.sum(), [batch["rna_hvg"], batch["adt_clr"]])
@@ -122,8 +129,8 @@ def test_any_number_of_modalities():
     config = models.UMINTConfig(modalities=tuple(sizes), widths=(4, 3, 2), bottleneck=5)
     model = models.UMINT(config, _dims(sizes))
     batch = _batch(sizes)
-    out = model.loss(batch, epoch=0)
-    assert {"mse_a", "mse_b", "mse_c"} <= set(out.terms)
+    out = model.objective(batch)
+    assert {"lambda_i_MSE_a", "lambda_i_MSE_b", "lambda_i_MSE_c"} <= set(out.terms)
     assert model.embed(batch).shape == (7, 5)
     assert {m: v.shape for m, v in model.impute(batch).items()} == {
         "a": (7, 6),
@@ -136,12 +143,12 @@ def test_a_few_steps_lower_the_loss():
     model = _model()
     batch = _batch(n=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    before = model.loss(batch, epoch=0).floats()["loss"]
+    before = model.objective(batch).floats()["loss"]
     for _ in range(25):
         optimizer.zero_grad()
-        model.loss(batch, epoch=0).total.backward()
+        model.objective(batch).total.backward()
         optimizer.step()
-    assert model.loss(batch, epoch=0).floats()["loss"] < 0.9 * before
+    assert model.objective(batch).floats()["loss"] < 0.9 * before
 
 
 def test_embed_impute_shapes_and_registration():
@@ -200,4 +207,4 @@ def test_missing_modality_is_named():
         models.UMINT(models.UMINTConfig(), _dims({"rna_hvg": 4}))
     model = _model()
     with pytest.raises(RaymmiError, match="no 'adt_clr' column"):
-        model.loss({"rna_hvg": torch.zeros(2, 12)}, epoch=0)
+        model.objective({"rna_hvg": torch.zeros(2, 12)})

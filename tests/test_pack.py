@@ -45,9 +45,9 @@ def _alone(lam: float, alpha: float, lr: float, wd: float, epochs: int = 3) -> m
     model = _umint(lam, alpha)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
     data = _data()
-    for epoch in range(epochs):
+    for _ in range(epochs):
         for batch in _batches(data):
-            out = model.loss(batch, epoch=epoch)
+            out = model.objective(batch)
             optimizer.zero_grad()
             out.total.backward()
             optimizer.step()
@@ -62,13 +62,15 @@ def test_a_packed_member_trains_as_it_would_alone():
     )
     data = _data()
     first = next(_batches(data))
-    losses = pack.losses(first, epoch=0)["loss"]
+    packed = pack.losses(first)
     for i, (lam, alpha, _, _) in enumerate(MEMBERS):  # each member's own loss weights
-        expected = float(_umint(lam, alpha).loss(first, epoch=0).total.detach())
-        assert float(losses[i].detach()) == pytest.approx(expected, rel=1e-6)
-    for epoch in range(3):
+        alone = _umint(lam, alpha).objective(first).floats()
+        assert set(packed) == set(alone)  # the weighted terms a model alone logs, and loss
+        for name, value in alone.items():
+            assert float(packed[name][i].detach()) == pytest.approx(value, rel=1e-6, abs=1e-9)
+    for _ in range(3):
         for batch in _batches(data):
-            pack.step(batch, epoch=epoch)
+            pack.step(batch)
     for i, member in enumerate(MEMBERS):
         alone = _alone(*member).state_dict()
         packed = pack.state_dict(i)
@@ -87,9 +89,9 @@ def test_a_member_diverging_to_nan_stops_alone_and_can_be_dropped():
     with torch.no_grad():
         next(iter(pack.params.values()))[1].fill_(math.nan)
     data = _data()
-    for epoch in range(3):
+    for _ in range(3):
         for batch in _batches(data):
-            pack.step(batch, epoch=epoch)
+            pack.step(batch)
     assert pack.finite.tolist() == [True, False, True]
     for i in (0, 2):  # the others trained as if alone
         for key, value in _alone(*MEMBERS[i]).state_dict().items():

@@ -71,9 +71,9 @@ def _train(model: Model, data: dict[str, torch.Tensor], *, steps: int) -> list[f
     opt = torch.optim.Adam(model.parameters(), lr=model.optim_defaults["lr"] * 3)
     n = next(iter(data.values())).shape[0]
     losses = []
-    for step in range(steps):
+    for _ in range(steps):
         rows = torch.randperm(n)[:128]
-        out = model.loss({k: v[rows] for k, v in data.items()}, epoch=step // 10)
+        out = model.objective({k: v[rows] for k, v in data.items()})
         opt.zero_grad()
         out.total.backward()
         opt.step()
@@ -138,7 +138,7 @@ def test_mlp_predict_learns_the_target_modality():
     baseline = T.predict_mean(train["adt"].numpy(), n_cells=100)
     assert M.rmse(y, imputed["adt"].numpy()) < 0.6 * M.rmse(y, baseline)
     with pytest.raises(RaymmiError, match="no 'adt' values"):
-        model.loss({"rna": test["rna"]}, epoch=0)
+        model.objective({"rna": test["rna"]})
 
 
 def test_jae_terms_and_embedding():
@@ -147,15 +147,16 @@ def test_jae_terms_and_embedding():
         input_dim=16, hidden=(32,), type_dim=4, cycle_dim=2, batch_dim=2, free_dim=4
     )
     model = JAE(config, _dims())
-    first = model.loss(data, epoch=0).floats()
-    assert set(first) == {"mse_rna", "mse_adt", "type", "cycle", "batch", "loss"}
+    first = model.objective(data).floats()
+    labels = ("weight_type_CE_type", "weight_cycle_CE_cycle", "weight_batch_L_batch")
+    assert set(first) == {"MSE_rna", "MSE_adt", *labels, "loss"}
     # without label columns (JAE's fine-tuning) only reconstruction is left
-    bare = model.loss({"rna": data["rna"], "adt": data["adt"]}, epoch=0).floats()
-    assert bare["type"] == bare["cycle"] == bare["batch"] == 0.0
-    assert bare["loss"] == pytest.approx(bare["mse_rna"] + bare["mse_adt"], rel=1e-5)
+    bare = model.objective({"rna": data["rna"], "adt": data["adt"]}).floats()
+    assert [bare[k] for k in labels] == [0.0, 0.0, 0.0]
+    assert bare["loss"] == pytest.approx(bare["MSE_rna"] + bare["MSE_adt"], rel=1e-5)
     # unknown codes (-1) leave their cells out of the term
     unknown = dict(data, cell_type=torch.full_like(data["cell_type"], -1))
-    assert model.loss(unknown, epoch=0).floats()["type"] == 0.0
+    assert model.objective(unknown).floats()["weight_type_CE_type"] == 0.0
     losses = _train(model, data, steps=150)
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
     with torch.no_grad():
@@ -170,8 +171,9 @@ def test_jae_adversarial_batch_term_reverses_the_encoder_gradient():
     assert torch.equal(x.grad, -torch.ones(3))
     data = _paired(n=64, seed=2)
     model = JAE(JAEConfig(batch_term="adversarial", hidden=(16,)), _dims())
-    terms = model.loss(data, epoch=0).floats()
-    assert terms["batch"] > 0.3  # cross-entropy of a 2-class head, not JAE's uniform target
+    terms = model.objective(data).floats()
+    # cross-entropy of a 2-class head, not JAE's uniform target
+    assert terms["weight_batch_L_batch"] > 0.3
 
 
 def test_clue_match_puts_both_modalities_in_one_space():
@@ -191,4 +193,4 @@ def test_clue_match_puts_both_modalities_in_one_space():
     M.check_matching(matching)
     assert M.match_score(matching) > 5.0 / 150
     with pytest.raises(RaymmiError, match=r"lacks \['adt'\]"):
-        model.loss({"rna": test["rna"]}, epoch=0)
+        model.objective({"rna": test["rna"]})

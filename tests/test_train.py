@@ -282,8 +282,9 @@ def test_sailerx_hybrid_training_and_imputation_through_ray_train(multiome, tmp_
     )
     metrics = train(config)
     # ATAC-only batches were trained with L_Inv alone (no alignment term)
-    assert metrics["extra_cells"] > 0 and "extra_recon" in metrics
-    assert "extra_local" not in metrics and "train_local" in metrics
+    assert metrics["extra_cells"] > 0 and "extra_recon_weight_L_Recon" in metrics
+    assert "extra_gamma_L_Local" not in metrics and "train_gamma_L_Local" in metrics
+    assert metrics["extra_L_Inv"] == pytest.approx(metrics["extra_loss"], rel=1e-6)
     assert "reference_ari" in metrics and "ari" in metrics
     shard = open_shard_set(str(out / "embeddings"), kind="cells")
     names = [m.name for m in shard.manifest.modalities]

@@ -296,7 +296,7 @@ def test_bad_input_is_refused_before_any_trial(multiome, tmp_path, capsys):
     assert "empty range: choice lists no value" in run({"model.z_dim": {"choice": []}}, *metric)
     err = run(ok, "--metric", "val_los", "--mode", "min")
     assert "is not reported by 'sailerx'" in err and "did you mean val_loss" in err
-    assert "val_local" in err  # the model's own loss terms are listed
+    assert "val_gamma_L_Local" in err  # the model's own loss terms are listed
     assert "needs labels: give --label-key" in run(ok, "--metric", "val_ari", "--mode", "max")
     # resources and packs: refused with what the cluster has, before any trial
     err = run(ok, *metric, "--gpus-per-trial", "0.25")
@@ -346,7 +346,7 @@ def test_in_process_trial_trains_what_raymmi_train_trains(multiome, tmp_path):
     assert set(run.state_dict) == set(weights)
     for key, value in weights.items():
         torch.testing.assert_close(run.state_dict[key], value, rtol=1e-6, atol=1e-7)
-    for key in ("train_loss", "train_local", "val_loss", "val_ari", "val_nmi"):
+    for key in ("train_loss", "train_gamma_L_Local", "val_loss", "val_ari", "val_nmi"):
         assert run.metrics[key] == pytest.approx(metrics[key], rel=1e-6), key
     assert len(run.history) == 2
     # a folder holding the trial's last checkpoint resumes from it: nothing left to train

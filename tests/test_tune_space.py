@@ -186,7 +186,7 @@ def test_resources_keep_a_cpu_for_data_and_cap_concurrency():
 
 def test_metric_check_names_the_fix():
     config = TrainConfig(model_name="ae", data="d", out="o")
-    reported = {"train_loss": "", "val_loss": "", "val_mse": ""}
+    reported = {"train_loss": "", "val_loss": "", "val_MSE": ""}
     check_metric("val_loss", reported, config)
     with pytest.raises(RaymmiError, match="did you mean val_loss"):
         check_metric("val_los", reported, config)

@@ -5,27 +5,33 @@ package registers every model (``sailerx``, ``umint``, ``ae``, ``dae``, ``sae``,
 NeurIPS 2021 task models ``mlp_predict``, ``jae``, ``clue_match``).
 """
 
-from raymmi.models._ae import AE, DAE, SAE, AEConfig, DAEConfig, SAEConfig
+from raymmi.models._ae import AE, DAE, SAE, AEConfig, AEOutputs, DAEConfig, SAEConfig
 from raymmi.models._base import (
     Batch,
     Dims,
     Inputs,
     LossOutput,
     Model,
+    Outputs,
+    annealing,
+    kl_schedule,
     model_class,
     model_names,
     register,
 )
-from raymmi.models._sailerx import SAILERX, SAILERXConfig
+from raymmi.models._sailerx import SAILERX, SAILERXConfig, SAILERXOutputs
 from raymmi.models._tasks import (
     JAE,
     ClueMatch,
     ClueMatchConfig,
+    ClueMatchOutputs,
     JAEConfig,
+    JAEOutputs,
     MlpPredict,
     MlpPredictConfig,
+    PredictOutputs,
 )
-from raymmi.models._umint import UMINT, UMINTConfig
+from raymmi.models._umint import UMINT, UMINTConfig, UMINTOutputs
 
 __all__ = [
     "AE",
@@ -35,20 +41,29 @@ __all__ = [
     "SAILERX",
     "UMINT",
     "AEConfig",
+    "AEOutputs",
     "Batch",
     "ClueMatch",
     "ClueMatchConfig",
+    "ClueMatchOutputs",
     "DAEConfig",
     "Dims",
     "Inputs",
     "JAEConfig",
+    "JAEOutputs",
     "LossOutput",
     "MlpPredict",
     "MlpPredictConfig",
     "Model",
+    "Outputs",
+    "PredictOutputs",
     "SAEConfig",
     "SAILERXConfig",
+    "SAILERXOutputs",
     "UMINTConfig",
+    "UMINTOutputs",
+    "annealing",
+    "kl_schedule",
     "model_class",
     "model_names",
     "register",

@@ -11,7 +11,9 @@ with ``mse`` the mean squared error over all concatenated features and cells (Ke
 ``loss="mse"`` on one output), ``h`` every hidden activation (bottleneck included; Keras
 ``activity_regularizer=l1(alpha)``, which Keras divides by the batch size) and ``W`` every
 weight matrix but the output layer's (``kernel_regularizer=l2(beta)``; biases are not
-penalized). Initialization as the reference: He-uniform weights and bias 0.1 on the ReLU layers,
+penalized). Logged as the weighted terms ``MSE``, ``alpha_L_activity`` and ``beta_L_weights``
+(and ``sparsity_L_bottleneck`` for ``sae``), which add up to ``loss``. Initialization as the
+reference: He-uniform weights and bias 0.1 on the ReLU layers,
 Glorot-uniform weights and bias 0 on the linear output.
 
 - ``dae`` corrupts its input while training (Gaussian noise of sd ``noise_sd``, 0.01 in the
@@ -34,10 +36,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from raymmi.models._base import Batch, Dims, Inputs, LossOutput, Model, register
+from raymmi.models._base import Batch, Dims, Inputs, Model, Outputs, register
 from raymmi.schema import RaymmiError
 
-__all__ = ["AE", "DAE", "SAE", "AEConfig", "DAEConfig", "SAEConfig"]
+__all__ = ["AE", "DAE", "SAE", "AEConfig", "AEOutputs", "DAEConfig", "SAEConfig"]
 
 # Reference notebooks (``Proposed/*_AE.ipynb``): Keras Adam defaults, 25 epochs, batch 16.
 KERAS_OPTIM_DEFAULTS: Mapping[str, Any] = {
@@ -187,6 +189,28 @@ class SAEConfig(AEConfig):
         check_non_negative("sparsity", self.sparsity)
 
 
+@dataclasses.dataclass
+class AEOutputs(Outputs):
+    """The autoencoders' forward on a mini-batch.
+
+    Parameters
+    ----------
+    target
+        The clean concatenated input, (n_cells, sum of the modalities' features).
+    activations
+        Every hidden activation (the bottleneck is ``[len(hidden)]``).
+    code
+        The bottleneck, (n_cells, bottleneck).
+    reconstruction
+        The linear output, shaped as ``target``.
+    """
+
+    target: torch.Tensor
+    activations: list[torch.Tensor]
+    code: torch.Tensor
+    reconstruction: torch.Tensor
+
+
 class _Autoencoder(Model):
     """Shared network and loss of the three baselines."""
 
@@ -213,7 +237,7 @@ class _Autoencoder(Model):
         """The encoder's input while training (identity here; :class:`DAE` adds noise)."""
         return x
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def network(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Hidden activations (bottleneck is ``[len(hidden)]``) and the reconstruction.
 
         Parameters
@@ -231,32 +255,39 @@ class _Autoencoder(Model):
             activations.append(h)
         return activations, self.output(h)
 
-    def penalties(self, activations: list[torch.Tensor]) -> dict[str, tuple[float, torch.Tensor]]:
-        """Extra loss terms as ``name → (weight, value)`` (none here; :class:`SAE` adds one)."""
-        return {}
-
-    def loss(self, batch: Batch, *, epoch: int) -> LossOutput:
+    def forward(self, batch: Batch) -> AEOutputs:
+        """The network on the concatenated input (corrupted while training, :meth:`corrupt`)."""
         x = self._input(batch)
-        x_in = self.corrupt(x) if self.training else x
-        activations, out = self(x_in)
-        mse = (out - x).pow(2).mean()
-        l1 = activity_l1(activations)
-        l2 = weight_l2([*self.encoder, *self.decoder])
-        terms = {"mse": mse, "l1_activity": l1, "l2_weights": l2}
-        total = mse + self.config.alpha * l1 + self.config.beta * l2
-        for name, (weight, value) in self.penalties(activations).items():
-            terms[name] = value
-            total = total + weight * value
-        return LossOutput(total=total, terms=terms)
+        activations, out = self.network(self.corrupt(x) if self.training else x)
+        code = activations[len(self.config.hidden)]
+        return AEOutputs(target=x, activations=activations, code=code, reconstruction=out)
+
+    def unweighted_terms(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        """MSE, activity L1 and weight L2, before their weights."""
+        assert isinstance(outputs, AEOutputs)
+        values = {
+            "MSE": (outputs.reconstruction - outputs.target).pow(2).mean(),
+            "alpha_L_activity": activity_l1(outputs.activations),
+            "beta_L_weights": weight_l2([*self.encoder, *self.decoder]),
+        }
+        return values
+
+    def loss_weights(self, *, kl_weight: float = 1.0) -> Mapping[str, float]:
+        """1 for the MSE, ``alpha`` (activity L1), ``beta`` (weight L2)."""
+        return {
+            "MSE": 1.0,
+            "alpha_L_activity": float(self.config.alpha),
+            "beta_L_weights": float(self.config.beta),
+        }
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """Bottleneck activations, float32 (n_cells, bottleneck)."""
-        activations, _ = self(self._input(batch))
+        activations, _ = self.network(self._input(batch))
         return activations[len(self.config.hidden)].float()
 
     def impute(self, batch: Batch) -> Mapping[str, torch.Tensor]:
         """Reconstruction of each input modality, ``{name: (n_cells, n_features)}``."""
-        _, out = self(self._input(batch))
+        _, out = self.network(self._input(batch))
         parts = torch.split(out.float(), self.sizes, dim=1)
         return dict(zip(self.config.modalities, parts, strict=True))
 
@@ -294,7 +325,13 @@ class SAE(_Autoencoder):
     Config: ClassVar[type] = SAEConfig
     config: SAEConfig
 
-    def penalties(self, activations: list[torch.Tensor]) -> dict[str, tuple[float, torch.Tensor]]:
-        """``l1_bottleneck``: ``mean_cells sum_units |code|``, weighted by ``sparsity``."""
-        code = activations[len(self.config.hidden)]
-        return {"l1_bottleneck": (self.config.sparsity, code.abs().sum(dim=1).mean())}
+    def unweighted_terms(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        """The autoencoder's terms and ``mean_cells sum_units |code|``, before their weights."""
+        assert isinstance(outputs, AEOutputs)
+        values = super().unweighted_terms(batch, outputs)
+        values["sparsity_L_bottleneck"] = outputs.code.abs().sum(dim=1).mean()
+        return values
+
+    def loss_weights(self, *, kl_weight: float = 1.0) -> Mapping[str, float]:
+        """The autoencoder's weights and ``sparsity`` on the code's L1."""
+        return {**super().loss_weights(), "sparsity_L_bottleneck": float(self.config.sparsity)}

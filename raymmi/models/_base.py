@@ -17,6 +17,24 @@ Batch keys (all tensors on the model's device, rows = cells of the mini-batch):
 A key listed in :attr:`Inputs.optional` may be absent: SAILERX's ATAC-only cells in hybrid
 training arrive without the reference embedding, and the model then uses only the terms that
 do not need it.
+
+The contract, in three calls (the training loop's order):
+
+1. ``outputs = model(batch)``: :meth:`Model.forward` runs the network once and returns the
+   model's own small :class:`Outputs` dataclass (latent means, reconstructions ...): what
+   :meth:`Model.loss` needs. Sampling and input corruption happen here, in training mode.
+2. ``model.loss(batch, outputs, kl_weight=w)`` returns a :class:`LossOutput` whose ``terms``
+   are the paper's named terms, *already weighted* (``gamma_L_Local``, ``lambda_i_MSE_rna``
+   ...), and ``total == sum(terms.values())`` exactly. The base class builds it from two
+   methods each model implements: :meth:`Model.unweighted_terms` (each term's value before
+   its weight, under the same name) and :meth:`Model.loss_weights` (each term's weight), so
+   a packed model (:mod:`raymmi.models._pack`) can apply K members' weights to one stacked
+   forward. ``subtotals`` (e.g. SAILERX's ``L_Inv``) are logged beside the terms, never
+   added again.
+3. ``kl_weight`` is the annealing weight at the current epoch: the training loop computes it
+   with :func:`kl_schedule` from :func:`annealing` of the model config (SAILERX's
+   ``warmup_epochs``, ``kl_cycle``); the model holds no schedule, and models without a KL
+   term ignore it.
 """
 
 from __future__ import annotations
@@ -98,17 +116,76 @@ class Dims:
 
 
 @dataclasses.dataclass
+class Outputs:
+    """Base of the models' forward outputs (each model subclasses it with its tensors)."""
+
+
+@dataclasses.dataclass
 class LossOutput:
-    """The scalar to minimize and its named terms (detached floats are logged per epoch)."""
+    """The scalar to minimize and its named, weighted terms (detached floats are logged).
+
+    ``total`` is ``sum(terms.values())``; ``subtotals`` are named sums of some terms (logged,
+    not added to ``total``).
+    """
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
+    subtotals: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def floats(self) -> dict[str, float]:
-        """Every term, and ``loss`` (the total), as Python floats."""
+        """Every term, every subtotal, and ``loss`` (the total), as Python floats."""
         out = {name: float(value.detach()) for name, value in self.terms.items()}
+        out.update({name: float(value.detach()) for name, value in self.subtotals.items()})
         out["loss"] = float(self.total.detach())
         return out
+
+
+def weighted_sum(
+    values: Mapping[str, torch.Tensor], weights: Mapping[str, Any]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(total, terms)``: ``terms[t] = weights[t] * values[t]`` and their sum, in order.
+
+    A term of ``weights`` missing from ``values`` (an optional input absent from the batch)
+    is left out. Weights may be floats or tensors (a pack's per-member weights).
+    """
+    terms = {name: weights[name] * values[name] for name in weights if name in values}
+    unknown = sorted(set(values) - set(weights))
+    if unknown:
+        msg = f"loss terms {unknown} have no weight in loss_weights"
+        raise RaymmiError(msg)
+    total = None
+    for value in terms.values():
+        total = value if total is None else total + value
+    if total is None:
+        msg = "the loss has no term on this batch"
+        raise RaymmiError(msg)
+    return total, terms
+
+
+def kl_schedule(epoch: int, *, warmup_epochs: int, kl_cycle: int) -> float:
+    """Weight of the KL terms at ``epoch`` (0-based): warm-up, then cyclic annealing.
+
+    0 for ``epoch < warmup_epochs``; then ``min(1, 2 * t / kl_cycle)`` with
+    ``t = (epoch - warmup_epochs) % kl_cycle``: each cycle ramps linearly from 0 to 1 over its
+    first half and holds 1 over the second; 1 when ``kl_cycle == 0``.
+    """
+    if epoch < warmup_epochs:
+        return 0.0
+    if kl_cycle == 0:
+        return 1.0
+    t = (epoch - warmup_epochs) % kl_cycle
+    return min(1.0, 2.0 * t / kl_cycle)
+
+
+def annealing(config: Any) -> dict[str, int]:
+    """The :func:`kl_schedule` settings of a model config (``warmup_epochs``, ``kl_cycle``).
+
+    A config without them gets ``{warmup_epochs: 0, kl_cycle: 0}``: weight 1 at every epoch.
+    """
+    return {
+        "warmup_epochs": int(getattr(config, "warmup_epochs", 0)),
+        "kl_cycle": int(getattr(config, "kl_cycle", 0)),
+    }
 
 
 class Model(nn.Module):
@@ -116,8 +193,10 @@ class Model(nn.Module):
 
     Subclasses set :attr:`name` and :attr:`Config` (a frozen dataclass whose fields are the
     ``model.*`` keys of the training config, each with the default the docs cite), and
-    implement :meth:`inputs`, :meth:`loss` and :meth:`embed` (and :meth:`impute` where the
-    model can impute).
+    implement :meth:`inputs`, :meth:`forward`, :meth:`unweighted_terms`, :meth:`loss_weights`
+    and :meth:`embed` (and :meth:`impute` where the model can impute). A model whose forward
+    runs inside ``vmap`` (no batch norm, no custom autograd function) sets :attr:`packable`
+    and can be trained packed with others of its architecture (:mod:`raymmi.models._pack`).
     """
 
     name: ClassVar[str]
@@ -128,6 +207,7 @@ class Model(nn.Module):
         "batch_size": 128,
         "epochs": 20,
     }
+    packable: ClassVar[bool] = False
 
     def __init__(self, config: Any, dims: Dims) -> None:
         super().__init__()
@@ -139,9 +219,31 @@ class Model(nn.Module):
         """The batch keys this model needs under ``config``."""
         raise NotImplementedError
 
-    def loss(self, batch: Batch, *, epoch: int) -> LossOutput:
-        """The training objective on one mini-batch (``epoch`` drives annealing schedules)."""
+    def forward(self, batch: Batch) -> Outputs:
+        """One pass of the network over ``batch``: the model's :class:`Outputs`."""
         raise NotImplementedError
+
+    def unweighted_terms(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        """Each loss term's value before its weight, keyed by the weighted term's name."""
+        raise NotImplementedError
+
+    def loss_weights(self, *, kl_weight: float = 1.0) -> Mapping[str, float]:
+        """Each term's weight (from the config, times ``kl_weight`` on KL terms)."""
+        raise NotImplementedError
+
+    def loss(self, batch: Batch, outputs: Outputs, *, kl_weight: float = 1.0) -> LossOutput:
+        """The training objective on one mini-batch: weighted terms adding up to ``total``.
+
+        ``kl_weight`` is the annealing weight of the KL terms (:func:`kl_schedule`); models
+        without KL terms ignore it.
+        """
+        values = self.unweighted_terms(batch, outputs)
+        total, terms = weighted_sum(values, self.loss_weights(kl_weight=kl_weight))
+        return LossOutput(total=total, terms=terms)
+
+    def objective(self, batch: Batch, *, kl_weight: float = 1.0) -> LossOutput:
+        """``loss(batch, self(batch), kl_weight=kl_weight)``: forward and loss in one call."""
+        return self.loss(batch, self(batch), kl_weight=kl_weight)
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """The cells' embedding (latent means), float32 ``(n, latent_dim)``."""
@@ -153,15 +255,6 @@ class Model(nn.Module):
 
     def reference(self, batch: Batch) -> torch.Tensor | None:
         """The embedding this model was given to align to (SAILERX), else ``None``."""
-        return None
-
-    def loss_weights(self, *, epoch: int) -> Mapping[str, float] | None:
-        """The loss as weighted terms: ``loss(...).total == sum(w[t] * terms[t])``, or None.
-
-        A model that states it (and holds no batch norm) can be trained packed with others of
-        its architecture (:mod:`raymmi.models._pack`): each member's weights then come from
-        its own config, the terms from the shared stacked forward.
-        """
         return None
 
 

@@ -7,15 +7,17 @@ others in what does not change the weights' shapes: its loss weights (the model'
 :meth:`~raymmi.models.Model.loss_weights`), learning rate and weight decay; its Adam state is
 its own slice of the stacked state.
 
-The model computes its loss *terms* inside the ``vmap`` (they do not depend on the loss
-weights); each member's total is ``sum_t weight_t * term_t`` with its own weights, outside.
+The model computes its *unweighted* terms inside the ``vmap``
+(:meth:`~raymmi.models.Model.unweighted_terms`: they do not depend on the loss weights);
+outside, each member's weighted terms are ``weight_t * value_t`` with its own weights, under
+the names a model alone logs, and its total is their sum.
 Gradients of the summed totals reach each member's slice alone (members share no weight), so
 a member trains exactly as it would alone on the same batches, up to float rounding; a member
 whose loss is not finite is masked out of the sum (:attr:`PackedModel.finite`) and can be
 dropped (:meth:`PackedModel.keep`), as can members an early-stopping rule stopped.
 
-Packable models implement ``loss_weights`` and hold no buffers that their forward updates
-(batch norm's running statistics cannot be written inside ``vmap``).
+Packable models set :attr:`~raymmi.models.Model.packable` and hold no buffers that their
+forward updates (batch norm's running statistics cannot be written inside ``vmap``).
 """
 
 from __future__ import annotations
@@ -29,18 +31,19 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from raymmi.models._base import Batch, Model
+from raymmi.models._base import Batch, Model, weighted_sum
 from raymmi.schema import RaymmiError
 
 __all__ = ["PackedModel", "architecture_key", "check_packable"]
 
 
 def check_packable(model: Model) -> None:
-    """Raise unless ``model`` can be packed (``loss_weights`` and no batch norm)."""
-    if model.loss_weights(epoch=0) is None:
+    """Raise unless ``model`` can be packed (``Model.packable`` and no batch norm)."""
+    if not type(model).packable:
         msg = (
-            f"--pack: model {model.name!r} does not state its loss as weighted terms "
-            "(Model.loss_weights), so its members cannot share one stacked model; use --pack 1"
+            f"--pack: model {model.name!r} is not packable (Model.packable: its forward is not "
+            "known to run inside vmap), so its members cannot share one stacked model; use "
+            "--pack 1"
         )
         raise RaymmiError(msg)
     norms = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -131,11 +134,8 @@ class PackedModel:
             self.params, self.buffers, batch
         )
 
-    def terms(self, batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
-        """Every member's loss terms on ``batch``: name -> tensor of shape (K,)."""
-        return self._call_terms(batch, epoch)
-
-    def _call_terms(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Every member's unweighted loss terms on ``batch``: name -> tensor of shape (K,)."""
         base = self.base
 
         class _Terms(nn.Module):
@@ -144,7 +144,7 @@ class PackedModel:
                 self.model = base
 
             def forward(self, data: Batch) -> dict[str, torch.Tensor]:
-                return dict(self.model.loss(data, epoch=epoch).terms)
+                return dict(self.model.unweighted_terms(data, self.model(data)))
 
         wrapper = _Terms()
         wrapper.train(self.training)
@@ -157,20 +157,18 @@ class PackedModel:
             self.params, self.buffers, batch
         )
 
-    def weights(self, epoch: int) -> dict[str, torch.Tensor]:
+    def weights(self, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """Each member's loss weights: term -> tensor of shape (K,)."""
-        rows = [m.loss_weights(epoch=epoch) or {} for m in self.members]
+        rows = [m.loss_weights(kl_weight=kl_weight) for m in self.members]
         device = self.lr.device
         return {t: torch.tensor([r[t] for r in rows], device=device) for t in rows[0]}
 
-    def losses(self, batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
-        """Terms and ``loss`` (each member's weighted total) on ``batch``, each of shape (K,)."""
-        terms = self.terms(batch, epoch=epoch)
-        weights = self.weights(epoch)
-        total = torch.zeros(len(self), device=self.lr.device)
-        for name, weight in weights.items():
-            if name in terms:  # a term the batch cannot give (an optional input) is left out
-                total = total + weight * terms[name]
+    def losses(self, batch: Batch, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """Weighted terms and ``loss`` (their sum) of every member on ``batch``, each (K,).
+
+        The terms carry the names, and the values, of each member's ``loss`` alone.
+        """
+        total, terms = weighted_sum(self.terms(batch), self.weights(kl_weight=kl_weight))
         return {**terms, "loss": total}
 
     def embed(self, batch: Batch) -> torch.Tensor:
@@ -179,12 +177,13 @@ class PackedModel:
 
     # -- training -----------------------------------------------------------------------------
 
-    def step(self, batch: Batch, *, epoch: int) -> dict[str, torch.Tensor]:
+    def step(self, batch: Batch, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """One Adam step of every member on ``batch``; its terms (detached), each (K,).
 
+        ``kl_weight`` is the annealing weight of this epoch (:func:`~raymmi.models.kl_schedule`).
         A member whose loss is not finite is marked in :attr:`finite` and gets no update.
         """
-        out = self.losses(batch, epoch=epoch)
+        out = self.losses(batch, kl_weight=kl_weight)
         total = out["loss"]
         self.finite &= torch.isfinite(total.detach())
         masked = torch.where(self.finite, total, torch.zeros_like(total))

@@ -6,7 +6,12 @@ of ``n`` cells is
 
 ``L = L_Inv + gamma * L_Local``
 
-``L_Inv = f * w_rec * recon + w_kl(epoch) * (kl + lam * marginal_kl)``
+``L_Inv = f * w_rec * recon + w_kl * (kl + lam * marginal_kl)``
+
+logged as the weighted terms ``recon_weight_L_Recon`` (``f * w_rec * recon``),
+``kl_weight_L_KL`` (``w_kl * kl``), ``kl_weight_lambda_L_Marginal`` (``w_kl * lam *
+marginal_kl``) and ``gamma_L_Local`` (``gamma * local``), which add up to ``loss``; ``L_Inv``
+is logged too, as the subtotal of the first three.
 
 - ``recon``: Bernoulli negative log-likelihood of the binarized peaks under the decoder
   ``p(x | z, c)``, summed over cells and peaks (``-E_q log p(x|z,c)``, one sample of ``z``).
@@ -20,10 +25,11 @@ of ``n`` cells is
 - ``w_rec`` = ``recon_weight`` (20: the reference passes its ``pos_w=20`` as ``weight=`` to
   ``binary_cross_entropy_with_logits``, which scales every peak's term, not only the open ones);
   ``f`` = ``1 + lam`` with ``paper_likelihood_factor`` (the paper's form), else 1 (the code's).
-- ``w_kl(epoch)``: 0 during the ``warmup_epochs`` (reconstruction + alignment only), then cyclic
-  annealing ``min(1, 2 * ((epoch - warmup_epochs) % kl_cycle) / kl_cycle)``: each cycle ramps
-  linearly from 0 to 1 over its first half and holds 1 over the second (the reference's
-  schedule, per epoch here instead of per iteration).
+- ``w_kl``: the ``kl_weight`` the training loop passes to :meth:`SAILERX.loss`, from
+  :func:`~raymmi.models.kl_schedule` of the config's ``warmup_epochs`` and ``kl_cycle``: 0
+  during the warm-up (reconstruction + alignment only), then cyclic annealing
+  ``min(1, 2 * ((epoch - warmup_epochs) % kl_cycle) / kl_cycle)`` (the reference's schedule,
+  per epoch here instead of per iteration). The model holds no schedule.
 
 Reductions follow the reference (sums over cells for ``recon``/``kl``/``local``, a mean for
 ``marginal_kl``), since its defaults ``gamma = 6000`` and ``lam = 1`` are tuned to them. One
@@ -56,16 +62,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raymmi.models._base import Batch, Dims, Inputs, LossOutput, Model, register
+from raymmi.models._base import Batch, Dims, Inputs, LossOutput, Model, Outputs, register
 from raymmi.schema import RaymmiError
 
 __all__ = [
     "SAILERX",
     "SAILERXConfig",
+    "SAILERXOutputs",
     "alignment_weights",
     "bernoulli_nll",
     "gaussian_kl",
-    "kl_weight",
     "local_alignment",
     "mean_pairwise_kl",
     "peak_chromosomes",
@@ -299,20 +305,6 @@ def local_alignment(
         return (w[:, None] * w[None, :] * diff.pow(2)).sum()
 
 
-def kl_weight(epoch: int, *, warmup_epochs: int, kl_cycle: int) -> float:
-    """Weight of the two KL terms at ``epoch`` (0-based).
-
-    0 for ``epoch < warmup_epochs``; then ``min(1, 2 * t / kl_cycle)`` with
-    ``t = (epoch - warmup_epochs) % kl_cycle``; 1 when ``kl_cycle == 0``.
-    """
-    if epoch < warmup_epochs:
-        return 0.0
-    if kl_cycle == 0:
-        return 1.0
-    t = (epoch - warmup_epochs) % kl_cycle
-    return min(1.0, 2.0 * t / kl_cycle)
-
-
 def peak_chromosomes(peaks: Sequence[str], *, modality: str = "atac") -> list[str]:
     """Chromosome of each peak named ``chr-start-end`` (or ``chr:start-end``).
 
@@ -336,6 +328,26 @@ def peak_chromosomes(peaks: Sequence[str], *, modality: str = "atac") -> list[st
             "the peaks or set model.chromosome_split=false"
         )
     return out
+
+
+@dataclasses.dataclass
+class SAILERXOutputs(Outputs):
+    """:meth:`SAILERX.forward` on a mini-batch of ``n`` cells.
+
+    Parameters
+    ----------
+    peaks
+        The binarized peaks, float32 (n, n_peaks).
+    mu, logvar
+        The posterior, each (n, z_dim).
+    logits
+        Bernoulli logits of the decoder at one sample of ``z``, (n, n_peaks).
+    """
+
+    peaks: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    logits: torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,7 +410,7 @@ class SAILERX(Model):
     -----
     Training batches need at least 2 cells (batch norm, pairwise terms). ``embed`` and
     ``impute`` use the latent mean; call them in ``eval()`` mode. Batches without the reference
-    (ATAC-only cells of hybrid training) train on ``L_Inv`` alone and log no ``local`` term.
+    (ATAC-only cells of hybrid training) train on ``L_Inv`` alone and log no ``gamma_L_Local``.
     """
 
     name: ClassVar[str] = "sailerx"
@@ -521,8 +533,8 @@ class SAILERX(Model):
 
     # -- contract ---------------------------------------------------------------------------
 
-    def loss(self, batch: Batch, *, epoch: int) -> LossOutput:
-        cfg = self.config
+    def forward(self, batch: Batch) -> SAILERXOutputs:
+        """Encode the binarized peaks, sample ``z`` once, decode with the confounders."""
         x = self._peaks(batch)
         if self.training and x.shape[0] < 2:
             _fail(
@@ -532,21 +544,40 @@ class SAILERX(Model):
         c = self.confounders(batch)
         mu, logvar = self.encode(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        logits = self.decode(z, c)
+        return SAILERXOutputs(peaks=x, mu=mu, logvar=logvar, logits=self.decode(z, c))
 
-        recon = bernoulli_nll(logits, x)
-        kl = gaussian_kl(mu, logvar)
-        marginal = mean_pairwise_kl(mu, logvar)
+    def unweighted_terms(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        """``recon``, ``kl``, ``marginal_kl`` and (with the reference) ``local``, unweighted."""
+        assert isinstance(outputs, SAILERXOutputs)
+        mu, logvar = outputs.mu, outputs.logvar
+        values = {
+            "recon_weight_L_Recon": bernoulli_nll(outputs.logits, outputs.peaks),
+            "kl_weight_L_KL": gaussian_kl(mu, logvar),
+            "kl_weight_lambda_L_Marginal": mean_pairwise_kl(mu, logvar),
+        }
+        if self.config.reference in batch:
+            weights = self._weights(batch, mu.shape[0], mu.device)
+            values["gamma_L_Local"] = local_alignment(batch[self.config.reference], mu, weights)
+        return values
+
+    def loss_weights(self, *, kl_weight: float = 1.0) -> Mapping[str, float]:
+        """``f * recon_weight``, ``kl_weight``, ``kl_weight * lam`` and ``gamma``."""
+        cfg = self.config
         likelihood = cfg.recon_weight * ((1.0 + cfg.lam) if cfg.paper_likelihood_factor else 1.0)
-        w_kl = kl_weight(epoch, warmup_epochs=cfg.warmup_epochs, kl_cycle=cfg.kl_cycle)
-        total = likelihood * recon + w_kl * (kl + cfg.lam * marginal)
-        terms = {"recon": recon, "kl": kl, "marginal_kl": marginal}
-        if cfg.reference in batch:
-            weights = self._weights(batch, x.shape[0], x.device)
-            local = local_alignment(batch[cfg.reference], mu, weights)
-            total = total + cfg.gamma * local
-            terms["local"] = local
-        return LossOutput(total=total, terms=terms)
+        return {
+            "recon_weight_L_Recon": likelihood,
+            "kl_weight_L_KL": kl_weight,
+            "kl_weight_lambda_L_Marginal": kl_weight * cfg.lam,
+            "gamma_L_Local": cfg.gamma,
+        }
+
+    def loss(self, batch: Batch, outputs: Outputs, *, kl_weight: float = 1.0) -> LossOutput:
+        """The weighted terms (module docstring), and ``L_Inv`` as a subtotal."""
+        out = super().loss(batch, outputs, kl_weight=kl_weight)
+        t = out.terms
+        inv = t["recon_weight_L_Recon"] + t["kl_weight_L_KL"] + t["kl_weight_lambda_L_Marginal"]
+        out.subtotals["L_Inv"] = inv
+        return out
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """Latent means, float32 (n_cells, z_dim)."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raymmi.models._base import Batch, Dims, Inputs, LossOutput, Model, register
+from raymmi.models._base import Batch, Dims, Inputs, Model, Outputs, register
 from raymmi.schema import RaymmiError
 from raymmi.tasks import MAX_EMBED_DIMS
 
@@ -35,9 +35,12 @@ __all__ = [
     "JAE",
     "ClueMatch",
     "ClueMatchConfig",
+    "ClueMatchOutputs",
     "JAEConfig",
+    "JAEOutputs",
     "MlpPredict",
     "MlpPredictConfig",
+    "PredictOutputs",
 ]
 
 
@@ -120,9 +123,17 @@ class MlpPredictConfig:
         _check_dropout(self.dropout)
 
 
+@dataclasses.dataclass
+class PredictOutputs(Outputs):
+    """:meth:`MlpPredict.forward`: ``embedding`` (n, hidden[-1]), ``prediction`` (n, n_target)."""
+
+    embedding: torch.Tensor
+    prediction: torch.Tensor
+
+
 @register
 class MlpPredict(Model):
-    """Predict ``target`` from ``source`` with an MLP; loss: mean squared error.
+    """Predict ``target`` from ``source`` with an MLP; loss: mean squared error (``MSE``).
 
     Batch keys: ``<source>`` (float32, always) and ``<target>`` (float32, needed by
     :meth:`loss` only; optional so that prediction batches may leave it out).
@@ -149,21 +160,26 @@ class MlpPredict(Model):
     def inputs(cls, config: MlpPredictConfig) -> Inputs:
         return Inputs(modalities=(config.source, config.target), optional=(config.target,))
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """``{"embedding": (n, hidden[-1]), <target>: (n, n_target) prediction}``."""
+    def forward(self, batch: Batch) -> PredictOutputs:
+        """The last hidden layer and the prediction of the target."""
         h = self.act(self.body(_values(batch, self.config.source, self.name)))
-        return {"embedding": h, self.config.target: self.head(h)}
+        return PredictOutputs(embedding=h, prediction=self.head(h))
 
-    def loss(self, batch: Batch, *, epoch: int) -> LossOutput:
+    def unweighted_terms(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        """``MSE`` of the prediction against the target."""
+        assert isinstance(outputs, PredictOutputs)
         target = _values(batch, self.config.target, self.name)
-        mse = F.mse_loss(self(batch)[self.config.target], target)
-        return LossOutput(total=mse, terms={"mse": mse})
+        return {"MSE": F.mse_loss(outputs.prediction, target)}
+
+    def loss_weights(self, *, kl_weight: float = 1.0) -> Mapping[str, float]:
+        """The MSE alone, weight 1."""
+        return {"MSE": 1.0}
 
     def embed(self, batch: Batch) -> torch.Tensor:
-        return self(batch)["embedding"]
+        return self(batch).embedding
 
     def impute(self, batch: Batch) -> Mapping[str, torch.Tensor]:
-        return {self.config.target: self(batch)[self.config.target]}
+        return {self.config.target: self(batch).prediction}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,6 +265,14 @@ class JAEConfig:
         return self.type_dim + self.cycle_dim + self.batch_dim + self.free_dim
 
 
+@dataclasses.dataclass
+class JAEOutputs(Outputs):
+    """:meth:`JAE.forward`: the code ``z`` (n, latent_dim), ``recon`` (n, sum of features)."""
+
+    z: torch.Tensor
+    recon: torch.Tensor
+
+
 @register
 class JAE(Model):
     """JAE-like joint autoencoder with a latent code split by purpose.
@@ -265,7 +289,9 @@ class JAE(Model):
     softmax against the uniform distribution (``batch_term="uniform"``: the batch block should
     predict the batch "as randomly as possible") or, with ``"adversarial"``, the head's
     cross-entropy against the true batch through a gradient-reversal layer. The free block has
-    no term. A code below 0 (unknown label) drops that cell from its term, and a code column
+    no term. The logged, weighted terms are ``MSE_<m>``, ``weight_type_CE_type``,
+    ``weight_cycle_CE_cycle`` and ``weight_batch_L_batch``. A code below 0 (unknown label)
+    drops that cell from its term, and a code column
     missing from the batch drops the term: JAE's test-time fine-tuning used reconstruction only.
     Departure from JAE: it regressed the S and G2M scores; the batch contract carries category
     codes, so the cycle block classifies the phase (``G1``/``S``/``G2M``).
@@ -302,49 +328,55 @@ class JAE(Model):
         codes = (config.type_key, config.cycle_key, config.batch_key)
         return Inputs(modalities=config.modalities, codes=codes, optional=codes)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """``{"z": (n, latent_dim), "recon": (n, sum of features)}``."""
+    def forward(self, batch: Batch) -> JAEOutputs:
+        """Project and encode the modalities to ``z``, decode ``z`` to every modality."""
         xs = [_values(batch, m, self.name) for m in self.config.modalities]
         h = torch.cat([p(x) for p, x in zip(self.project, xs, strict=True)], dim=1)
         z = self.encoder(self.encoder_act(h))
-        return {"z": z, "recon": self.decoder(z)}
+        return JAEOutputs(z=z, recon=self.decoder(z))
 
     def _blocks(self, z: torch.Tensor) -> list[torch.Tensor]:
         c = self.config
         return list(torch.split(z, [c.type_dim, c.cycle_dim, c.batch_dim, c.free_dim], dim=1))
 
-    def loss(self, batch: Batch, *, epoch: int) -> LossOutput:
+    def unweighted_terms(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        """``MSE_<m>`` per modality, the type and cycle cross-entropies, the batch term."""
+        assert isinstance(outputs, JAEOutputs)
         c = self.config
-        out = self(batch)
         targets = [_values(batch, m, self.name) for m in c.modalities]
-        pieces = torch.split(out["recon"], self.sizes, dim=1)
-        terms = {
-            f"mse_{m}": F.mse_loss(p, t)
-            for m, p, t in zip(c.modalities, pieces, targets, strict=True)
-        }
-        z_type, z_cycle, z_batch, _ = self._blocks(out["z"])
-        zero = out["z"].new_zeros(())
-        terms["type"] = _coded_ce(self.type_head(z_type), batch.get(c.type_key), zero)
-        terms["cycle"] = _coded_ce(self.cycle_head(z_cycle), batch.get(c.cycle_key), zero)
+        pieces = torch.split(outputs.recon, self.sizes, dim=1)
+        pairs = zip(c.modalities, pieces, targets, strict=True)
+        values = {f"MSE_{m}": F.mse_loss(p, t) for m, p, t in pairs}
+        z_type, z_cycle, z_batch, _ = self._blocks(outputs.z)
+        zero = outputs.z.new_zeros(())
+        values["weight_type_CE_type"] = _coded_ce(
+            self.type_head(z_type), batch.get(c.type_key), zero
+        )
+        values["weight_cycle_CE_cycle"] = _coded_ce(
+            self.cycle_head(z_cycle), batch.get(c.cycle_key), zero
+        )
         codes = batch.get(c.batch_key)
         if codes is None:
-            terms["batch"] = zero
+            values["weight_batch_L_batch"] = zero
         elif c.batch_term == "uniform":
-            terms["batch"] = -F.log_softmax(self.batch_head(z_batch), dim=1).mean()
+            values["weight_batch_L_batch"] = -F.log_softmax(self.batch_head(z_batch), dim=1).mean()
         else:
             reversed_z = _ReverseGradient.apply(z_batch)
-            terms["batch"] = _coded_ce(self.batch_head(reversed_z), codes, zero)
-        total = sum(v for k, v in terms.items() if k.startswith("mse_"))
-        total = (
-            total
-            + c.weight_type * terms["type"]
-            + c.weight_cycle * terms["cycle"]
-            + c.weight_batch * terms["batch"]
-        )
-        return LossOutput(total=total, terms=terms)
+            values["weight_batch_L_batch"] = _coded_ce(self.batch_head(reversed_z), codes, zero)
+        return values
+
+    def loss_weights(self, *, kl_weight: float = 1.0) -> Mapping[str, float]:
+        """1 per modality's MSE, ``weight_type``, ``weight_cycle``, ``weight_batch``."""
+        c = self.config
+        return {
+            **{f"MSE_{m}": 1.0 for m in c.modalities},
+            "weight_type_CE_type": c.weight_type,
+            "weight_cycle_CE_cycle": c.weight_cycle,
+            "weight_batch_L_batch": c.weight_batch,
+        }
 
     def embed(self, batch: Batch) -> torch.Tensor:
-        return self(batch)["z"]
+        return self(batch).z
 
 
 def _coded_ce(
@@ -410,6 +442,17 @@ class ClueMatchConfig:
             _check_positive(name, getattr(self, name), allow_zero=True)
 
 
+@dataclasses.dataclass
+class ClueMatchOutputs(Outputs):
+    """:meth:`ClueMatch.forward`: each present modality's code in every subspace."""
+
+    codes: dict[str, list[torch.Tensor]]
+
+    def views(self) -> dict[str, torch.Tensor]:
+        """Each modality's view of the joint embedding, (n, subspace_dim * n_modalities)."""
+        return {m: torch.cat(c, dim=1) for m, c in self.codes.items()}
+
+
 @register
 class ClueMatch(Model):
     """CLUE-like cross-linked encoders: modality-specific subspaces, one joint embedding.
@@ -427,7 +470,9 @@ class ClueMatch(Model):
     InfoNCE is the symmetric cross-entropy of cosine similarities / ``temperature`` with the
     true partner as the target among the mini-batch's cells: alignment pulls a cell's two
     views together, the contrastive term keeps different cells apart (so the codes cannot
-    collapse). Departures from CLUE: no variational codes and no adversarial batch mixing.
+    collapse). The four lines are logged, weighted, as ``L_self``, ``weight_cross_L_cross``,
+    ``weight_align_L_align`` and ``weight_contrast_L_contrast``. Departures from CLUE: no
+    variational codes and no adversarial batch mixing.
 
     Batch keys: every ``<modality>`` (float32); all of them for :meth:`loss`, any one for
     :meth:`embed_modality` (so they are optional). :meth:`embed` averages the views of the
@@ -481,16 +526,20 @@ class ClueMatch(Model):
         """
         return torch.cat(self.codes(batch, modality), dim=1)
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """``{<modality>: that modality's view of the joint embedding}`` for each present."""
-        return {m: self.embed_modality(batch, m) for m in self.config.modalities if m in batch}
+    def forward(self, batch: Batch) -> ClueMatchOutputs:
+        """Every present modality's codes in every subspace."""
+        return ClueMatchOutputs(
+            codes={m: self.codes(batch, m) for m in self.config.modalities if m in batch}
+        )
 
-    def loss(self, batch: Batch, *, epoch: int) -> LossOutput:
+    def unweighted_terms(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        """Self- and cross-reconstruction, alignment and contrastive terms, unweighted."""
+        assert isinstance(outputs, ClueMatchOutputs)
         c = self.config
         missing = [m for m in c.modalities if m not in batch]
         if missing:
             _fail(f"clue_match: training needs every modality; the batch lacks {missing}")
-        codes = {m: self.codes(batch, m) for m in c.modalities}
+        codes = outputs.codes
         x = {m: batch[m].float() for m in c.modalities}
         self_mse = codes[c.modalities[0]][0].new_zeros(())
         cross_mse = self_mse
@@ -521,18 +570,25 @@ class ClueMatch(Model):
                 for a, b in pairs
             ]
         ).mean()
-        total = (
-            self_mse
-            + c.weight_cross * cross_mse
-            + c.weight_align * align
-            + c.weight_contrast * contrast
-        )
-        terms = {"self_mse": self_mse, "cross_mse": cross_mse, "align": align}
-        terms["contrast"] = contrast
-        return LossOutput(total=total, terms=terms)
+        return {
+            "L_self": self_mse,
+            "weight_cross_L_cross": cross_mse,
+            "weight_align_L_align": align,
+            "weight_contrast_L_contrast": contrast,
+        }
+
+    def loss_weights(self, *, kl_weight: float = 1.0) -> Mapping[str, float]:
+        """1 on self-reconstruction, ``weight_cross``, ``weight_align``, ``weight_contrast``."""
+        c = self.config
+        return {
+            "L_self": 1.0,
+            "weight_cross_L_cross": c.weight_cross,
+            "weight_align_L_align": c.weight_align,
+            "weight_contrast_L_contrast": c.weight_contrast,
+        }
 
     def embed(self, batch: Batch) -> torch.Tensor:
-        views = list(self(batch).values())
+        views = list(self(batch).views().values())
         if not views:
             _fail(f"clue_match: the batch has none of the modalities {list(self.sizes)}")
         return torch.stack(views).mean(dim=0)

@@ -18,8 +18,9 @@ Loss (the reference's Keras losses and regularizers, written out):
 hidden activation (encoding modules, bottleneck, decoding modules: Keras
 ``activity_regularizer=l1(alpha)``, averaged over the batch as Keras does); ``W`` the weight
 matrices of those same layers (``kernel_regularizer=l2(beta)``; output layers and biases are not
-penalized). He-uniform weights and bias 0.1 on ReLU layers, Glorot-uniform and bias 0 on the
-outputs, as the reference.
+penalized). Logged as the weighted terms ``lambda_i_MSE_<modality>`` (one per modality),
+``alpha_L_activity`` and ``beta_L_weights``, which add up to ``loss``. He-uniform weights and
+bias 0.1 on ReLU layers, Glorot-uniform and bias 0 on the outputs, as the reference.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ from raymmi.models._ae import (
     output_linear,
     weight_l2,
 )
-from raymmi.models._base import Batch, Dims, Inputs, LossOutput, Model, register
+from raymmi.models._base import Batch, Dims, Inputs, Model, Outputs, register
 from raymmi.schema import RaymmiError
 
-__all__ = ["UMINT", "UMINTConfig"]
+__all__ = ["UMINT", "UMINTConfig", "UMINTOutputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +114,28 @@ class UMINTConfig:
         return self.lambdas if self.lambdas is not None else (1.0,) * len(self.modalities)
 
 
+@dataclasses.dataclass
+class UMINTOutputs(Outputs):
+    """:meth:`UMINT.forward` on a mini-batch.
+
+    Parameters
+    ----------
+    inputs
+        One float32 array of shape (n_cells, d_i) per modality (the targets).
+    activations
+        Every hidden activation: encoding modules, bottleneck, decoding modules.
+    code
+        The bottleneck, (n_cells, bottleneck).
+    reconstructions
+        One array of shape (n_cells, d_i) per modality.
+    """
+
+    inputs: list[torch.Tensor]
+    activations: list[torch.Tensor]
+    code: torch.Tensor
+    reconstructions: list[torch.Tensor]
+
+
 @register
 class UMINT(Model):
     """UMINT: modality-wise encoding modules into a shared bottleneck, mirrored decoder.
@@ -130,6 +153,7 @@ class UMINT(Model):
     # Reference notebooks: Keras Adam() defaults (lr 1e-3, no decay: L2 is in the loss),
     # 25 epochs, batch 16.
     optim_defaults: ClassVar[Mapping[str, Any]] = KERAS_OPTIM_DEFAULTS
+    packable: ClassVar[bool] = True
 
     config: UMINTConfig
 
@@ -150,60 +174,40 @@ class UMINT(Model):
     def inputs(cls, config: UMINTConfig) -> Inputs:
         return Inputs(modalities=tuple(config.modalities))
 
-    def forward(
-        self, xs: list[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
-        """Encode and decode.
-
-        Parameters
-        ----------
-        xs
-            One array of shape (n_cells, d_i) per modality.
-
-        Returns
-        -------
-        activations, code, reconstructions
-            Every hidden activation (encoding modules, bottleneck, decoding modules), the
-            bottleneck of shape (n_cells, bottleneck), and one array of shape (n_cells, d_i)
-            per modality.
-        """
+    def forward(self, batch: Batch) -> UMINTOutputs:
+        """Encode the modalities into the bottleneck and decode each back."""
+        xs = modality_values(batch, self.config.modalities, self.name)
         encoded = [torch.relu(layer(x)) for layer, x in zip(self.encoders, xs, strict=True)]
         code = torch.relu(self.bottleneck(torch.cat(encoded, dim=1)))
         decoded = [torch.relu(layer(code)) for layer in self.decoders]
         outs = [layer(h) for layer, h in zip(self.outputs, decoded, strict=True)]
-        return [*encoded, code, *decoded], code, outs
+        return UMINTOutputs(
+            inputs=xs, activations=[*encoded, code, *decoded], code=code, reconstructions=outs
+        )
 
-    def loss(self, batch: Batch, *, epoch: int) -> LossOutput:
-        cfg = self.config
-        xs = modality_values(batch, cfg.modalities, self.name)
-        activations, _, outs = self(xs)
-        terms: dict[str, torch.Tensor] = {}
-        mse_total = torch.zeros((), device=xs[0].device)
-        for m, lam, x, out in zip(cfg.modalities, cfg.modality_weights, xs, outs, strict=True):
-            mse = (out - x).pow(2).mean()
-            terms[f"mse_{m}"] = mse
-            mse_total = mse_total + lam * mse
-        l1 = activity_l1(activations)
-        l2 = weight_l2([*self.encoders, self.bottleneck, *self.decoders])
-        terms["l1_activity"] = l1
-        terms["l2_weights"] = l2
-        total = mse_total + cfg.alpha * l1 + cfg.beta * l2
-        return LossOutput(total=total, terms=terms)
+    def unweighted_terms(self, batch: Batch, outputs: Outputs) -> dict[str, torch.Tensor]:
+        """``MSE_i`` per modality, the activity L1 and the weight L2, before their weights."""
+        assert isinstance(outputs, UMINTOutputs)
+        pairs = zip(self.config.modalities, outputs.inputs, outputs.reconstructions, strict=True)
+        values = {f"lambda_i_MSE_{m}": (out - x).pow(2).mean() for m, x, out in pairs}
+        values["alpha_L_activity"] = activity_l1(outputs.activations)
+        values["beta_L_weights"] = weight_l2([*self.encoders, self.bottleneck, *self.decoders])
+        return values
 
-    def loss_weights(self, *, epoch: int) -> Mapping[str, float]:
+    def loss_weights(self, *, kl_weight: float = 1.0) -> Mapping[str, float]:
         """``lambda_i`` per modality's MSE, ``alpha`` (activity L1), ``beta`` (weight L2)."""
         cfg = self.config
         weights = {
-            f"mse_{m}": float(w) for m, w in zip(cfg.modalities, cfg.modality_weights, strict=True)
+            f"lambda_i_MSE_{m}": float(w)
+            for m, w in zip(cfg.modalities, cfg.modality_weights, strict=True)
         }
-        return {**weights, "l1_activity": float(cfg.alpha), "l2_weights": float(cfg.beta)}
+        return {**weights, "alpha_L_activity": float(cfg.alpha), "beta_L_weights": float(cfg.beta)}
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """Bottleneck activations, float32 (n_cells, bottleneck)."""
-        _, code, _ = self(modality_values(batch, self.config.modalities, self.name))
-        return code.float()
+        return self(batch).code.float()
 
     def impute(self, batch: Batch) -> Mapping[str, torch.Tensor]:
         """Reconstruction of each modality, ``{name: (n_cells, n_features)}``."""
-        _, _, outs = self(modality_values(batch, self.config.modalities, self.name))
+        outs = self(batch).reconstructions
         return {m: out.float() for m, out in zip(self.config.modalities, outs, strict=True)}

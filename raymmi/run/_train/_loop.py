@@ -50,14 +50,14 @@ Batch = Mapping[str, torch.Tensor]
 
 
 class _Objective(torch.nn.Module):
-    """Wraps a model so that DDP sees ``loss`` as ``forward`` (its gradient hooks then run)."""
+    """Wraps a model so that DDP sees forward + ``loss`` as ``forward`` (its hooks then run)."""
 
     def __init__(self, model: models.Model) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, batch: Mapping[str, torch.Tensor], epoch: int) -> models.LossOutput:
-        return self.model.loss(batch, epoch=epoch)
+    def forward(self, batch: Mapping[str, torch.Tensor], kl_weight: float) -> models.LossOutput:
+        return self.model.loss(batch, self.model(batch), kl_weight=kl_weight)
 
 
 @dataclasses.dataclass
@@ -118,15 +118,17 @@ def fit_epochs(
     """Train epochs ``start .. optim.epochs - 1``: steps, validation, per-epoch metrics.
 
     ``forward`` is ``_Objective(model)`` or its DDP wrapper. Returns ``history`` with one row
-    of metrics per epoch appended; ``io.end_epoch`` checkpoints and reports each.
+    of metrics per epoch appended; ``io.end_epoch`` checkpoints and reports each. The KL
+    annealing weight of each epoch comes from :func:`raymmi.models.kl_schedule` of the model
+    config (models without a KL term ignore it).
     """
     optim = plan.optim
     amp = device.type == "cuda" and bool(optim["amp"])
     epochs = int(optim["epochs"])
 
-    def step(batch: Mapping[str, torch.Tensor], epoch: int) -> dict[str, float]:
+    def step(batch: Mapping[str, torch.Tensor], kl_weight: float) -> dict[str, float]:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            out = forward(batch, epoch=epoch)
+            out = forward(batch, kl_weight=kl_weight)
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         optimizer.step()
@@ -136,6 +138,7 @@ def fit_epochs(
         if io.before_epoch is not None:
             io.before_epoch(epoch)
         model.train()
+        kl_weight = models.kl_schedule(epoch, **models.annealing(plan.model_config))
         sums: dict[str, float] = {"cells": 0.0, "data_seconds": 0.0}
         tick = time.perf_counter()
         extra_iter = iter(io.extra()) if io.extra is not None else None
@@ -150,7 +153,7 @@ def fit_epochs(
             n = len(next(iter(batch.values())))
             if n < 2:  # batch norm needs two cells; equal splits make every rank skip it
                 continue
-            for key, value in step(_to(batch, device), epoch).items():
+            for key, value in step(_to(batch, device), kl_weight).items():
                 sums[f"train_{key}"] = sums.get(f"train_{key}", 0.0) + value * n
             sums["cells"] += n
             index += 1
@@ -160,7 +163,7 @@ def fit_epochs(
                     extra_iter = None  # one pass over the extra cells per epoch
                 else:
                     m = len(next(iter(extra_batch.values())))
-                    for key, value in step(_to(extra_batch, device), epoch).items():
+                    for key, value in step(_to(extra_batch, device), kl_weight).items():
                         sums[f"extra_{key}"] = sums.get(f"extra_{key}", 0.0) + value * m
                     sums["extra_cells"] = sums.get("extra_cells", 0.0) + m
         if extra_iter is not None:
@@ -171,7 +174,7 @@ def fit_epochs(
             scored = plan.label_key is not None and (
                 (epoch + 1) % plan.score_every == 0 or epoch == epochs - 1
             )
-            sums.update(_validate(model, io.val(), plan, epoch, device, scored))
+            sums.update(_validate(model, io.val(), plan, kl_weight, device, scored))
         metrics = _epoch_metrics(io.reduce(sums), io.world, epoch)
         metrics["attempt_start_epoch"] = float(start)
         metrics["weights_rank_spread"] = _weights_spread(model, io.world)
@@ -201,7 +204,7 @@ def _validate(
     model: models.Model,
     batches: Iterable[Batch],
     plan: TrainPlan,
-    epoch: int,
+    kl_weight: float,
     device: torch.device,
     scored: bool,
 ) -> dict[str, float]:
@@ -213,7 +216,7 @@ def _validate(
         for batch in batches:
             n = len(next(iter(batch.values())))
             batch = _to(batch, device)
-            for key, value in model.loss(batch, epoch=epoch).floats().items():
+            for key, value in model.objective(batch, kl_weight=kl_weight).floats().items():
                 sums[f"val_{key}"] = sums.get(f"val_{key}", 0.0) + value * n
             sums["val_cells"] = sums.get("val_cells", 0.0) + n
             if scored:

@@ -172,6 +172,7 @@ def train_pack(
         if not active:
             break
         pack.train()
+        kl_weight = models.kl_schedule(epoch, **models.annealing(base.model_config))
         tick = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         cells, data_seconds = 0.0, 0.0
@@ -185,7 +186,7 @@ def train_pack(
             n = len(next(iter(batch.values())))
             if n < 2:
                 continue
-            for key, value in pack.step(_to(batch, dev), epoch=epoch).items():
+            for key, value in pack.step(_to(batch, dev), kl_weight=kl_weight).items():
                 sums[f"train_{key}"] = sums.get(f"train_{key}", 0) + value * n
             cells += n
         seconds = time.perf_counter() - tick
@@ -201,7 +202,7 @@ def train_pack(
                 for batch in val_batches():
                     n = len(next(iter(batch.values())))
                     batch = _to(batch, dev)
-                    for key, value in pack.losses(batch, epoch=epoch).items():
+                    for key, value in pack.losses(batch, kl_weight=kl_weight).items():
                         sums[f"val_{key}"] = sums.get(f"val_{key}", 0) + value * n
                     val_cells += n
                     if scored:

@@ -207,10 +207,8 @@ def reported_metrics(config: TrainConfig) -> dict[str, str]:
     table = pa.Table.from_batches([next(parquet.iter_batches(batch_size=32, columns=columns))])
     batch = arrow_to_batch(table, plan.layout)
     terms: set[str] = set()
-    epochs = int(plan.optim["epochs"])
     model.train()
-    for epoch in sorted({0, max(0, epochs - 1)}):
-        terms |= set(model.loss(batch, epoch=epoch).floats())
+    terms |= set(model.objective(batch).floats())
     out = {f"train_{t}": f"training loss term {t}" for t in sorted(terms)}
     if extra is not None:
         out |= {f"extra_{t}": f"loss term {t} on the --extra-data cells" for t in sorted(terms)}
