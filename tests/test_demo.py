@@ -23,6 +23,7 @@ def _outputs(text: str) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
+@pytest.mark.heavy
 def test_demo_small(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--small", "--out", str(out), "--experiment", "demo-test"]) == 0

@@ -80,6 +80,7 @@ def _graph_conn(graph: M.NeighborGraph, labels: np.ndarray) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_neighbor_graph_goes_approximate_above_the_threshold():
     # A fresh interpreter: after a Ray Train/Tune run in this process, Ray has replaced
     # builtins.print with a Python function and numba cannot compile pynndescent

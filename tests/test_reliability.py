@@ -607,6 +607,7 @@ def test_a_second_driver_joins_the_loopback_ray(ray_session):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_train_overwrite_stages_then_swaps(ray_session, tmp_path):
     """A real Ray Train run with --overwrite onto an old folder: staged, then swapped in."""
     import dataclasses

@@ -267,6 +267,7 @@ def test_one_batch_set_is_refused(cite, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_embed_with_a_trained_autoencoder(cite, tmp_path):
     out = tmp_path / "ae"
     with warnings.catch_warnings():

@@ -180,6 +180,7 @@ def test_two_worker_ddp_run_learns_checkpoints_and_writes_embeddings(multiome, t
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_killed_worker_resumes_from_last_checkpoint(multiome, tmp_path):
     from raymmi.run import train
 

@@ -182,6 +182,7 @@ def _cli_args(multiome: str, out: Path, space: str, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_killed_search_resumes_without_rerunning_finished_trials(multiome, tmp_path):
     import ray
 
