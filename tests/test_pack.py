@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from raymmi import models
-from raymmi.models._pack import PackedModel, architecture_key, check_packable
+from raymmi.models import PackedModel, architecture_key, check_packable
 from raymmi.schema import RaymmiError
 
 DIMS = models.Dims(

@@ -10,7 +10,7 @@ import torch
 
 from raymmi import metrics as M
 from raymmi import tasks as T
-from raymmi.models._base import Dims, Model, model_class
+from raymmi.models import Dims, Model, model_class
 from raymmi.models._tasks import (
     JAE,
     ClueMatch,

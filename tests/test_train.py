@@ -13,7 +13,7 @@ import torch
 
 from raymmi import models, testing
 from raymmi.config import OptimConfig, TrainConfig, from_dict
-from raymmi.models._batches import BatchLayout, arrow_to_batch, densify_rows
+from raymmi.models import BatchLayout, arrow_to_batch, densify_rows
 from raymmi.run._train._driver import _cpus_per_worker, plan_training, resolve_optim, split_mask
 from raymmi.schema import RaymmiError, sparse_to_lists
 

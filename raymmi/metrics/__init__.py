@@ -16,6 +16,7 @@ from raymmi.metrics._batch import (
     kmeans_ari,
     lisi,
 )
+from raymmi.metrics._cell_cycle import CELL_CYCLE_G2M_GENES, CELL_CYCLE_S_GENES
 from raymmi.metrics._challenge import (
     MAX_MATCH_NONZERO,
     MatchingError,
@@ -52,6 +53,8 @@ from raymmi.metrics._neighbors import (
 from raymmi.metrics._profiles import replicate_map
 
 __all__ = [
+    "CELL_CYCLE_G2M_GENES",
+    "CELL_CYCLE_S_GENES",
     "APPROXIMATE_ABOVE",
     "CHALLENGE_RESOLUTIONS",
     "EMBED_METRICS",

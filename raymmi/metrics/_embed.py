@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from sklearn.decomposition import PCA
 
+from raymmi.metrics._cell_cycle import CELL_CYCLE_G2M_GENES, CELL_CYCLE_S_GENES
 from raymmi.metrics._batch import batch_asw, ilisi
 from raymmi.metrics._cluster import label_asw, normalized_mutual_info
 from raymmi.metrics._neighbors import (
@@ -225,8 +226,6 @@ def cell_cycle_scores(
     import scanpy as sc
 
     if s_genes is None or g2m_genes is None:
-        from raymmi.testing import CELL_CYCLE_G2M_GENES, CELL_CYCLE_S_GENES
-
         s_genes = CELL_CYCLE_S_GENES if s_genes is None else s_genes
         g2m_genes = CELL_CYCLE_G2M_GENES if g2m_genes is None else g2m_genes
     names = pd.Index([str(g) for g in gene_names])

@@ -6,6 +6,7 @@ NeurIPS 2021 task models ``mlp_predict``, ``jae``, ``clue_match``).
 """
 
 from raymmi.models._ae import AE, DAE, SAE, AEConfig, AEOutputs, DAEConfig, SAEConfig
+from raymmi.models._batches import BatchLayout, arrow_to_batch, densify_rows
 from raymmi.models._base import (
     Batch,
     Dims,
@@ -19,6 +20,7 @@ from raymmi.models._base import (
     model_names,
     register,
 )
+from raymmi.models._pack import PackedModel, architecture_key, check_packable
 from raymmi.models._sailerx import SAILERX, SAILERXConfig, SAILERXOutputs
 from raymmi.models._tasks import (
     JAE,
@@ -34,6 +36,12 @@ from raymmi.models._tasks import (
 from raymmi.models._umint import UMINT, UMINTConfig, UMINTOutputs
 
 __all__ = [
+    "densify_rows",
+    "check_packable",
+    "architecture_key",
+    "arrow_to_batch",
+    "PackedModel",
+    "BatchLayout",
     "AE",
     "DAE",
     "JAE",

@@ -16,7 +16,7 @@ import ray
 from raymmi import models
 from raymmi.config import OptimConfig, RayConfig, TrackingConfig, TrainConfig, from_dict, to_dict
 from raymmi.io import ShardSetWriter, open_shard_set, resolve, write_part
-from raymmi.models._batches import BatchLayout
+from raymmi.models import BatchLayout
 from raymmi.run._runtime import gather
 from raymmi.run._task._config import APPLY_ROWS, MODEL_METHODS
 from raymmi.run._task._planning import _in_batches, _named, _Plan
@@ -161,7 +161,7 @@ def _apply_task(
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     import torch
 
-    from raymmi.models._batches import arrow_to_batch
+    from raymmi.models import arrow_to_batch
 
     torch.set_num_threads(1)
     model = models.model_class(trained.model_name)(trained.model_config, layout.dims)

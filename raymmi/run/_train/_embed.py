@@ -23,7 +23,7 @@ import torch
 from raymmi import models
 from raymmi.config import TrainConfig
 from raymmi.io import PartWriter, ShardSet, resolve
-from raymmi.models._batches import arrow_to_batch
+from raymmi.models import arrow_to_batch
 from raymmi.run._runtime import gather
 from raymmi.run._train._plan import TrainPlan, split_mask
 from raymmi.schema import (

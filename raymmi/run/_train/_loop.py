@@ -35,7 +35,7 @@ import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from raymmi import models
-from raymmi.models._batches import BatchLayout, arrow_to_batch
+from raymmi.models import BatchLayout, arrow_to_batch
 from raymmi.run._train._embed import _is_number, _scores
 from raymmi.run._train._plan import TrainPlan
 

@@ -21,7 +21,7 @@ import ray
 from raymmi import models
 from raymmi.config import OptimConfig, TrainConfig, from_dict, to_dict
 from raymmi.io import ShardSet, open_shard_set, resolve
-from raymmi.models._batches import BatchLayout
+from raymmi.models import BatchLayout
 from raymmi.run._datasets import read_dataset
 from raymmi.schema import CELL_ID, RaymmiError, depth_column
 

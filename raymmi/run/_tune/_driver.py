@@ -48,7 +48,7 @@ import yaml
 
 from raymmi import models
 from raymmi.config import RayConfig, TrackingConfig, TrainConfig, to_dict
-from raymmi.io._dest import claiming, work_dir
+from raymmi.io import claiming, work_dir
 from raymmi.run._logs import verbose
 from raymmi.run._tune._callbacks import _callbacks
 from raymmi.run._tune._inprocess import MEMORY_SHARE, TrialData, trial_data

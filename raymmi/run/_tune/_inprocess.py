@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 
 from raymmi import models
 from raymmi.config import OptimConfig, TrainConfig, from_dict
-from raymmi.io._shardset import ShardSet, resolve
-from raymmi.models._batches import arrow_to_batch
+from raymmi.io import ShardSet, resolve
+from raymmi.models import arrow_to_batch
 from raymmi.run._train._plan import TrainPlan, _columns, resolve_optim, split_mask
 from raymmi.schema import CELL_ID, RaymmiError
 

@@ -80,7 +80,7 @@ class Rungs:
 
 def pack_key(plan: TrainPlan) -> tuple[Any, ...]:
     """What the members of a pack must share: architecture, inputs and the batch settings."""
-    from raymmi.models._pack import architecture_key, check_packable
+    from raymmi.models import architecture_key, check_packable
 
     with _meta():
         model = models.model_class(plan.model_name)(plan.model_config, plan.layout.dims)
@@ -143,7 +143,7 @@ def train_pack(
     """
     import torch
 
-    from raymmi.models._pack import PackedModel
+    from raymmi.models import PackedModel
     from raymmi.run._train._embed import _is_number, _scores
     from raymmi.run._train._loop import MemoryBatches, _epoch_metrics, _to
 

@@ -194,8 +194,8 @@ def reported_metrics(config: TrainConfig) -> dict[str, str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raymmi.io._shardset import resolve
-    from raymmi.models._batches import arrow_to_batch
+    from raymmi.io import resolve
+    from raymmi.models import arrow_to_batch
     from raymmi.run._train._driver import plan_training
 
     plan, shard, extra = plan_training(config)
