@@ -4,7 +4,9 @@ Batch mixing (ASW, iLISI, graph connectivity, ARI); clustering agreement and qua
 FMI, silhouette, Davies-Bouldin); the multimodal challenge's scores (predict RMSE, match score
 and matching-format check, the six-metric embedding score) on one shared kNN graph, exact or
 approximate by size; replicate mAP of plate profiles. numpy, scipy, sklearn, scanpy and
-copairs only: no Ray, no MLflow, no file I/O.
+copairs only. ``cluster_scores`` / ``leiden_scores``: the
+models' side-by-side protocol (k-means and Ward ARI/NMI/FMI; Leiden at the best-NMI
+resolution): no Ray, no MLflow, no file I/O.
 """
 
 from raymmi.metrics._batch import (
@@ -50,22 +52,35 @@ from raymmi.metrics._neighbors import (
     neighbor_graph,
 )
 from raymmi.metrics._profiles import replicate_map
+from raymmi.metrics._scores import (
+    Agreement,
+    ClusterScores,
+    LeidenScores,
+    agreement,
+    cluster_scores,
+    leiden_scores,
+)
 
 __all__ = [
     "APPROXIMATE_ABOVE",
     "CHALLENGE_RESOLUTIONS",
     "EMBED_METRICS",
     "MAX_MATCH_NONZERO",
+    "Agreement",
+    "ClusterScores",
     "EmbedScores",
+    "LeidenScores",
     "MatchingError",
     "NeighborGraph",
     "OptimalClustering",
     "adjusted_rand",
+    "agreement",
     "batch_asw",
     "batch_silhouette",
     "cell_cycle_conservation",
     "cell_cycle_scores",
     "check_matching",
+    "cluster_scores",
     "davies_bouldin",
     "embed_score",
     "fowlkes_mallows",
@@ -75,6 +90,7 @@ __all__ = [
     "label_asw",
     "largest_component_share",
     "leiden",
+    "leiden_scores",
     "lisi",
     "match_probabilities",
     "match_score",
