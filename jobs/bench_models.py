@@ -346,6 +346,87 @@ def bench_sailerx(args: argparse.Namespace, root: Path) -> None:
     print("\n".join(lines))
 
 
+# ----------------------------------------------------------------------------------------------
+# --causes: what separates UMINT at raymmi's defaults from the original
+# ----------------------------------------------------------------------------------------------
+
+
+def _fixed_init(seed: int):
+    """``build_model`` with the weights drawn from ``seed`` whatever the run's seed (Keras:
+    every layer's initializer gets the same seed, 98, in every run of the notebook).
+    """
+    from raymmi.run import _train_loop
+
+    original = _train_loop.build_model
+
+    def build(plan, device):
+        fixed = dataclasses.replace(plan, optim={**plan.optim, "seed": seed})
+        return original(fixed, device)
+
+    return original, build
+
+
+NEW = {"lambdas": [1.0, 5.0]}
+CAUSES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("old defaults: 25 epochs, batch 16, val 0.1, lambda 1", {"old": True}),
+    ("  + the original's inputs (1,000 genes, scaled ADT)", {"old": True, "protocol": True}),
+    ("  + validation split 0.2 (trains on 80%)", {"old": True, "val": 0.2}),
+    ("  + no validation split (trains on 100%)", {"old": True, "val": 0.0}),
+    ("  + one init for every seed (Keras seed 98)", {"old": True, "init": 98}),
+    ("  + batch 32", {"old": True, "optim": {"batch_size": 32}}),
+    ("  + 50 epochs", {"old": True, "optim": {"epochs": 50}}),
+    ("  + lambda_adt 5", {"old": True, "model": {"lambdas": [1.0, 5.0]}}),
+    ("  + 50 epochs + lambda_adt 5", {"old": True, "optim": {"epochs": 50}, "model": NEW}),
+    (
+        "  + 50 epochs + the original's inputs",
+        {"old": True, "protocol": True, "optim": {"epochs": 50}},
+    ),
+    ("raymmi's defaults now", {}),
+)
+OLD = {"model": {"lambdas": [1.0, 1.0]}, "optim": {"epochs": 25}}
+
+
+def bench_causes(args: argparse.Namespace, root: Path) -> None:
+    from raymmi.run import _train_loop
+
+    seeds = list(range(args.seeds))
+    rna, adt, _ = protocol_inputs()
+    base = decode(cite_set(root), "umint", "cell_type", {})
+    k = len(np.unique(base.labels))
+    import anndata as ad
+
+    rna_a = ad.read_h5ad(testing.shared_data(CITE.format("rna")))
+    adt_a = ad.read_h5ad(testing.shared_data(CITE.format("mod2")))
+    order = rna_a.obs_names.get_indexer(base.data.cell_ids.to_pylist())
+    protocol = with_arrays(
+        base,
+        {"rna_hvg": rna[order], "adt_clr": adt[order]},
+        {"rna_hvg": tuple(rna_a.var_names), "adt_clr": tuple(adt_a.var_names)},
+    )
+    rows = []
+    for name, cause in CAUSES:
+        model = {**(OLD["model"] if cause.get("old") else {}), **cause.get("model", {})}
+        optim = {**(OLD["optim"] if cause.get("old") else {}), **cause.get("optim", {})}
+        decoded = protocol if cause.get("protocol") else base
+        original = _train_loop.build_model
+        if "init" in cause:
+            _, _train_loop.build_model = _fixed_init(cause["init"])
+        try:
+            runs = [
+                train_embed(
+                    decoded, seed=s, model=model, optim=optim, val_fraction=cause.get("val")
+                )
+                for s in seeds
+            ]
+        finally:
+            _train_loop.build_model = original
+        scores = seed_rows([e for e, _ in runs], decoded.labels, seeds, k)
+        rows.append((name, scores, [t for _, t in runs]))
+    print_cluster_table(
+        f"UMINT on the CITE starter, one change at a time; k = {k}; seeds {seeds}", rows
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the CITE table")
@@ -367,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", action="append", default=[], help="a preprocessed cells set")
     parser.add_argument("--label-key", default="cell_type")
     parser.add_argument("--only", choices=["cite", "sailerx"], default=None)
+    parser.add_argument(
+        "--causes",
+        action="store_true",
+        help="only the table of UMINT changes (preprocessing, split, init ...)",
+    )
     parser.add_argument("--work", default=None, help="folder of the prepared sets (reused)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, 1 seed")
     args = parser.parse_args(argv)
@@ -382,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(RayConfig())
     root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_models_"))
     root.mkdir(parents=True, exist_ok=True)
+    if args.causes:
+        bench_causes(args, root)
+        return 0
     if args.only in (None, "cite"):
         bench_cite(args, root)
     if args.only in (None, "sailerx"):
