@@ -105,15 +105,20 @@ class Decoded:
     plan: TrainPlan
     data: TrialData
     labels: np.ndarray
+    rna_depth: np.ndarray | None = None
 
 
 def decode(path: str, model_name: str, label_key: str, model: Mapping[str, Any]) -> Decoded:
     config = TrainConfig(model_name=model_name, data=path, out="unused", model=dict(model))
     plan, shard, extra = plan_training(config)
     data = trial_data(plan, shard, extra)
-    table = _read(shard, [CELL_ID, label_key])
+    from raymmi.run._train_plan import _columns
+
+    depth = ["rna_depth"] if "rna_depth" in _columns(shard) else []
+    table = _read(shard, [CELL_ID, label_key, *depth])
     labels = np.asarray(table.column(label_key).to_pylist(), dtype=str)
-    return Decoded(path, plan, data, labels)
+    rna_depth = table.column("rna_depth").to_numpy() if depth else None
+    return Decoded(path, plan, data, labels, rna_depth)
 
 
 def with_arrays(decoded: Decoded, arrays: Mapping[str, np.ndarray], features: Mapping) -> Decoded:
@@ -352,8 +357,9 @@ def bench_sailerx(args: argparse.Namespace, root: Path) -> None:
 
 
 def _fixed_init(seed: int):
-    """``build_model`` with the weights drawn from ``seed`` whatever the run's seed (Keras:
-    every layer's initializer gets the same seed, 98, in every run of the notebook).
+    """``build_model`` drawing the weights from ``seed`` whatever the run's seed.
+
+    Keras: every layer's initializer gets the same seed, 98, in every run of the notebook.
     """
     from raymmi.run import _train_loop
 
