@@ -47,7 +47,14 @@ def _chrom_sizes(peaks: list[str]) -> list[int]:
 
 
 def run_original(
-    src: str, python: str, decoded: Any, *, seed: int, epochs: int | None, gamma: float | None
+    src: str,
+    python: str,
+    decoded: Any,
+    *,
+    seed: int,
+    epochs: int | None,
+    gamma: float | None,
+    label_key: str = "cell_type",
 ) -> tuple[Any, float]:
     """Train the original on ``decoded``'s cells; its embedding (n_cells, 50) and seconds."""
     import h5py
@@ -67,8 +74,10 @@ def run_original(
         g.create_dataset("indptr", data=atac.indptr)
         g.attrs["shape"] = atac.shape
         g.create_dataset("chrom_size", data=np.asarray(_chrom_sizes(peaks)))
-        f.create_dataset("cells/labels", data=np.asarray(decoded.labels, dtype="S"))
-        f.create_dataset("cells/rna_depth", data=np.asarray(decoded.rna_depth, dtype=np.float64))
+        f.create_dataset("cells/labels", data=np.asarray(decoded.obs[label_key], dtype="S"))
+        f.create_dataset(
+            "cells/rna_depth", data=np.asarray(decoded.obs["rna_depth"], dtype=np.float64)
+        )
         f.create_dataset("cells/batch", data=np.asarray(arrays["batch"], dtype=np.int64))
     cmd = [
         python,

@@ -26,22 +26,18 @@ Two tables, every embedding scored by the same code (``raymmi.metrics``):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from raymmi import metrics, models, testing
-from raymmi.config import IngestCellsConfig, OptimConfig, TrackingConfig, TrainConfig, to_dict
-from raymmi.run._train_plan import TrainPlan, plan_training
-from raymmi.run._tune_inprocess import TrialData, _read, train_in_process, trial_data, trial_plan
-from raymmi.schema import CELL_ID
+from raymmi import metrics, run, testing
+from raymmi.config import IngestCellsConfig, OptimConfig, TrackingConfig
+from raymmi.run import DecodedCells
 
 OFF = TrackingConfig(enabled=False)
 CITE = "singlecell/openproblems_bmmc_cite_starter/openproblems_bmmc_cite_starter.output_{}.h5ad"
@@ -97,71 +93,38 @@ def protocol_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Decoded:
-    """A cells set decoded once for one model: its plan, arrays and labels in file order."""
+def decode(path: str, model_name: str, label_key: str, model: Mapping[str, Any]) -> DecodedCells:
+    """The cells decoded once for ``model_name``, with labels (and RNA depth) as ``obs``.
 
-    path: str
-    plan: TrainPlan
-    data: TrialData
-    labels: np.ndarray
-    rna_depth: np.ndarray | None = None
+    SAILERX's original needs each cell's RNA depth.
+    """
+    obs = [label_key, "rna_depth"] if model_name == "sailerx" else [label_key]
+    return run.decode_cells(path, model_name=model_name, model=model, obs=obs)
 
 
-def decode(path: str, model_name: str, label_key: str, model: Mapping[str, Any]) -> Decoded:
-    config = TrainConfig(model_name=model_name, data=path, out="unused", model=dict(model))
-    plan, shard, extra = plan_training(config)
-    data = trial_data(plan, shard, extra)
-    from raymmi.run._train_plan import _columns
-
-    depth = ["rna_depth"] if "rna_depth" in _columns(shard) else []
-    table = _read(shard, [CELL_ID, label_key, *depth])
-    labels = np.asarray(table.column(label_key).to_pylist(), dtype=str)
-    rna_depth = table.column("rna_depth").to_numpy() if depth else None
-    return Decoded(path, plan, data, labels, rna_depth)
-
-
-def with_arrays(decoded: Decoded, arrays: Mapping[str, np.ndarray], features: Mapping) -> Decoded:
-    """``decoded`` with some modalities replaced (other inputs on the same cells, same order)."""
-    dims = decoded.plan.layout.dims
-    dims = dataclasses.replace(dims, features={**dims.features, **features})
-    layout = dataclasses.replace(decoded.plan.layout, dims=dims)
-    plan = dataclasses.replace(decoded.plan, layout=layout)
-    data = dataclasses.replace(decoded.data, arrays={**decoded.data.arrays, **arrays})
-    return dataclasses.replace(decoded, plan=plan, data=data)
+def labels_of(cells: DecodedCells, label_key: str = "cell_type") -> np.ndarray:
+    return np.asarray(cells.obs[label_key], dtype=str)
 
 
 def train_embed(
-    decoded: Decoded,
+    cells: DecodedCells,
     *,
     seed: int,
     model: Mapping[str, Any] | None = None,
     optim: Mapping[str, Any] | None = None,
     val_fraction: float | None = None,
+    init_seed: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """Train with ``raymmi train``'s loop (defaults unless given); embed every cell."""
-    import torch
-
     extra = {} if val_fraction is None else {"val_fraction": val_fraction}
-    config = TrainConfig(
-        model_name=decoded.plan.model_name,
-        data=decoded.path,
-        out="unused",
-        model=dict(model or {}),
+    got = run.train_embed(
+        cells,
+        model=model,
         optim=OptimConfig(seed=seed, **dict(optim or {})),
+        init_seed=init_seed,
         **extra,
     )
-    plan = trial_plan(decoded.plan, config)
-    with tempfile.TemporaryDirectory(prefix="bench_models_") as folder:
-        start = time.perf_counter()
-        run = train_in_process(plan, decoded.data, Path(folder), config=to_dict(config))
-        seconds = time.perf_counter() - start
-    net = models.model_class(plan.model_name)(plan.model_config, plan.layout.dims)
-    net.load_state_dict(run.state_dict)
-    net.eval()
-    with torch.no_grad():
-        batch = {k: torch.from_numpy(np.asarray(v)) for k, v in decoded.data.arrays.items()}
-        return net.embed(batch).float().numpy(), seconds
+    return got.embedding, got.seconds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,10 +146,10 @@ def seed_rows(
     return out
 
 
-def _ms(values: Sequence[float]) -> str:
+def _ms(values: Sequence[float], digits: int = 3) -> str:
     v = np.asarray(values, dtype=float)
     sd = v.std(ddof=1) if v.size > 1 else 0.0
-    return f"{v.mean():.3f} ± {sd:.3f}"
+    return f"{v.mean():.{digits}f} ± {sd:.{digits}f}"
 
 
 def print_cluster_table(
@@ -197,7 +160,7 @@ def print_cluster_table(
     print(head)
     print("-" * len(head))
     for name, scores, seconds in rows:
-        secs = _ms(seconds) if seconds else "-"
+        secs = _ms(seconds, 1) if seconds else "-"
         print(f"{name:38}" + "".join(f"{_ms(scores[s]):>16}" for s in SCORES) + f"{secs:>16}")
     print()
 
@@ -260,7 +223,7 @@ def bench_cite(args: argparse.Namespace, root: Path) -> None:
         rows.append(
             (
                 f"raymmi {name} (defaults)",
-                seed_rows(embeddings, decoded.labels, seeds, k),
+                seed_rows(embeddings, labels_of(decoded), seeds, k),
                 [t for _, t in runs],
             )
         )
@@ -310,38 +273,37 @@ def bench_sailerx(args: argparse.Namespace, root: Path) -> None:
     for title, path in sets:
         model = {} if args.gamma is None else {"gamma": args.gamma}
         decoded = decode(path, "sailerx", args.label_key, model)
+        labels = labels_of(decoded, args.label_key)
         optim = {"epochs": args.sailerx_epochs} if args.sailerx_epochs else None
-        ari, nmi, secs = [], [], []
-        for s in seeds:
-            emb, t = train_embed(decoded, seed=s, model=model, optim=optim)
-            got = metrics.leiden_scores(emb, decoded.labels, seed=s)
-            ari.append(got.ari), nmi.append(got.nmi), secs.append(t)
-        ref = metrics.leiden_scores(decoded.data.arrays["rna_pca"], decoded.labels)
-        n = len(decoded.labels)
-        lines.append(
-            f"{title[:34]:34} {'raymmi sailerx':34} {_ms(ari):>16} {_ms(nmi):>16} {_ms(secs):>14}"
-        )
+        runs = {"raymmi sailerx": [train_embed(decoded, seed=s, optim=optim) for s in seeds]}
         if args.sailerx_src:
             from _original_sailerx import run_original
 
-            o_ari, o_nmi, o_secs = [], [], []
-            for s in seeds:
-                emb, t = run_original(
+            runs["original SAILERX train.py"] = [
+                run_original(
                     args.sailerx_src,
                     args.sailerx_python,
                     decoded,
                     seed=s,
                     epochs=args.sailerx_epochs,
                     gamma=args.gamma,
+                    label_key=args.label_key,
                 )
-                got = metrics.leiden_scores(emb, decoded.labels, seed=s)
-                o_ari.append(got.ari), o_nmi.append(got.nmi), o_secs.append(t)
-            lines.append(
-                f"{'':34} {'original SAILERX train.py':34} {_ms(o_ari):>16} "
-                f"{_ms(o_nmi):>16} {_ms(o_secs):>14}"
-            )
+                for s in seeds
+            ]
+        shown = title[:34]
+        for name, got in runs.items():
+            scores = [
+                metrics.leiden_scores(e, labels, seed=s)
+                for (e, _), s in zip(got, seeds, strict=True)
+            ]
+            ari, nmi = _ms([g.ari for g in scores]), _ms([g.nmi for g in scores])
+            secs = _ms([t for _, t in got], 1)
+            lines.append(f"{shown:34} {name:34} {ari:>16} {nmi:>16} {secs:>14}")
+            shown = ""
+        ref = metrics.leiden_scores(decoded.arrays["rna_pca"], labels)
         lines.append(f"{'':34} {'RNA PCA reference':34} {ref.ari:16.3f} {ref.nmi:16.3f} {'-':>14}")
-        lines.append(f"{'':34} ({n} cells, {len(np.unique(decoded.labels))} types)")
+        lines.append(f"{'':34} ({len(labels)} cells, {len(np.unique(labels))} types)")
     print(
         f"SAILERX (gamma {args.gamma or 'default 6000'}): Leiden on the 15-NN graph, "
         f"resolution 0.1-2.0 at best NMI; seeds {seeds}"
@@ -349,88 +311,6 @@ def bench_sailerx(args: argparse.Namespace, root: Path) -> None:
     print(head)
     print("-" * len(head))
     print("\n".join(lines))
-
-
-# ----------------------------------------------------------------------------------------------
-# --causes: what separates UMINT at raymmi's defaults from the original
-# ----------------------------------------------------------------------------------------------
-
-
-def _fixed_init(seed: int):
-    """``build_model`` drawing the weights from ``seed`` whatever the run's seed.
-
-    Keras: every layer's initializer gets the same seed, 98, in every run of the notebook.
-    """
-    from raymmi.run import _train_loop
-
-    original = _train_loop.build_model
-
-    def build(plan, device):
-        fixed = dataclasses.replace(plan, optim={**plan.optim, "seed": seed})
-        return original(fixed, device)
-
-    return original, build
-
-
-NEW = {"lambdas": [1.0, 5.0]}
-CAUSES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("old defaults: 25 epochs, batch 16, val 0.1, lambda 1", {"old": True}),
-    ("  + the original's inputs (1,000 genes, scaled ADT)", {"old": True, "protocol": True}),
-    ("  + validation split 0.2 (trains on 80%)", {"old": True, "val": 0.2}),
-    ("  + no validation split (trains on 100%)", {"old": True, "val": 0.0}),
-    ("  + one init for every seed (Keras seed 98)", {"old": True, "init": 98}),
-    ("  + batch 32", {"old": True, "optim": {"batch_size": 32}}),
-    ("  + 50 epochs", {"old": True, "optim": {"epochs": 50}}),
-    ("  + lambda_adt 5", {"old": True, "model": {"lambdas": [1.0, 5.0]}}),
-    ("  + 50 epochs + lambda_adt 5", {"old": True, "optim": {"epochs": 50}, "model": NEW}),
-    (
-        "  + 50 epochs + the original's inputs",
-        {"old": True, "protocol": True, "optim": {"epochs": 50}},
-    ),
-    ("raymmi's defaults now", {}),
-)
-OLD = {"model": {"lambdas": [1.0, 1.0]}, "optim": {"epochs": 25}}
-
-
-def bench_causes(args: argparse.Namespace, root: Path) -> None:
-    from raymmi.run import _train_loop
-
-    seeds = list(range(args.seeds))
-    rna, adt, _ = protocol_inputs()
-    base = decode(cite_set(root), "umint", "cell_type", {})
-    k = len(np.unique(base.labels))
-    import anndata as ad
-
-    rna_a = ad.read_h5ad(testing.shared_data(CITE.format("rna")))
-    adt_a = ad.read_h5ad(testing.shared_data(CITE.format("mod2")))
-    order = rna_a.obs_names.get_indexer(base.data.cell_ids.to_pylist())
-    protocol = with_arrays(
-        base,
-        {"rna_hvg": rna[order], "adt_clr": adt[order]},
-        {"rna_hvg": tuple(rna_a.var_names), "adt_clr": tuple(adt_a.var_names)},
-    )
-    rows = []
-    for name, cause in CAUSES:
-        model = {**(OLD["model"] if cause.get("old") else {}), **cause.get("model", {})}
-        optim = {**(OLD["optim"] if cause.get("old") else {}), **cause.get("optim", {})}
-        decoded = protocol if cause.get("protocol") else base
-        original = _train_loop.build_model
-        if "init" in cause:
-            _, _train_loop.build_model = _fixed_init(cause["init"])
-        try:
-            runs = [
-                train_embed(
-                    decoded, seed=s, model=model, optim=optim, val_fraction=cause.get("val")
-                )
-                for s in seeds
-            ]
-        finally:
-            _train_loop.build_model = original
-        scores = seed_rows([e for e, _ in runs], decoded.labels, seeds, k)
-        rows.append((name, scores, [t for _, t in runs]))
-    print_cluster_table(
-        f"UMINT on the CITE starter, one change at a time; k = {k}; seeds {seeds}", rows
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_models_"))
     root.mkdir(parents=True, exist_ok=True)
     if args.causes:
+        from _umint_causes import bench_causes  # jobs/ helper
+
         bench_causes(args, root)
         return 0
     if args.only in (None, "cite"):

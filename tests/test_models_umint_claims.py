@@ -11,16 +11,13 @@ thresholds below fail on the old defaults.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 from conftest import shared_file
 
 from raymmi import metrics
 from raymmi.cells import PreprocessCellsConfig
-from raymmi.config import IngestCellsConfig, OptimConfig, TrackingConfig, TrainConfig, to_dict
+from raymmi.config import IngestCellsConfig, OptimConfig, TrackingConfig
 
 CITE = "singlecell/openproblems_bmmc_cite_starter/openproblems_bmmc_cite_starter.output_{}.h5ad"
 OFF = TrackingConfig(enabled=False)
@@ -40,33 +37,13 @@ def cite_cells(ray_session, tmp_path_factory):
 
 
 def _train_and_score(path: str, *, seed: int, model: dict, optim: dict) -> dict[str, float]:
-    import torch
+    from raymmi import run
 
-    from raymmi import models
-    from raymmi.run._train_plan import plan_training
-    from raymmi.run._tune_inprocess import _read, train_in_process, trial_data, trial_plan
-
-    base = TrainConfig(model_name="umint", data=path, out="unused")
-    plan, shard, extra = plan_training(base)
-    data = trial_data(plan, shard, extra)
-    labels = np.asarray(_read(shard, ["cell_type"]).column("cell_type").to_pylist(), dtype=str)
-    config = TrainConfig(
-        model_name="umint",
-        data=path,
-        out="unused",
-        model=model,
-        optim=OptimConfig(seed=seed, **optim),
-    )
-    plan = trial_plan(plan, config)
-    with tempfile.TemporaryDirectory() as folder:
-        run = train_in_process(plan, data, Path(folder), config=to_dict(config))
-    net = models.UMINT(plan.model_config, plan.layout.dims)
-    net.load_state_dict(run.state_dict)
-    net.eval()
-    with torch.no_grad():
-        z = net.embed({k: torch.from_numpy(np.asarray(v)) for k, v in data.arrays.items()})
+    cells = run.decode_cells(path, model_name="umint", obs=["cell_type"])
+    got = run.train_embed(cells, model=model, optim=OptimConfig(seed=seed, **optim))
+    labels = np.asarray(cells.obs["cell_type"], dtype=str)
     k = len(np.unique(labels))
-    return metrics.cluster_scores(z.numpy(), labels, n_clusters=k, seed=seed).flat()
+    return metrics.cluster_scores(got.embedding, labels, n_clusters=k, seed=seed).flat()
 
 
 @pytest.mark.slow
