@@ -58,3 +58,23 @@ def test_umint_defaults_reach_the_original_on_the_cite_starter(cite_cells):
         for s in (0, 1)
     ]
     assert np.mean([r["ward_ari"] for r in old]) < ward
+
+
+@pytest.mark.slow
+def test_decoded_cells_name_what_is_wrong(cite_cells):
+    from raymmi import run
+    from raymmi.schema import RaymmiError
+
+    with pytest.raises(RaymmiError, match="no obs column"):
+        run.decode_cells(cite_cells, model_name="umint", obs=["celltype"])
+    cells = run.decode_cells(cite_cells, model_name="umint", obs=["cell_type"])
+    assert len(cells.cell_ids) == len(cells.obs["cell_type"]) == 600
+    with pytest.raises(RaymmiError, match="expected"):
+        run.replace_modalities(
+            cells, {"adt_clr": np.zeros((600, 3), np.float32)}, features={"adt_clr": ["a", "b"]}
+        )
+    swapped = run.replace_modalities(
+        cells, {"adt_clr": np.zeros((600, 2), np.float32)}, features={"adt_clr": ["a", "b"]}
+    )
+    assert swapped.plan.layout.dims.n_features("adt_clr") == 2
+    assert cells.plan.layout.dims.n_features("adt_clr") == 134  # the original is unchanged

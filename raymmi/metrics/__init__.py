@@ -3,10 +3,9 @@
 Batch mixing (ASW, iLISI, graph connectivity, ARI); clustering agreement and quality (NMI,
 FMI, silhouette, Davies-Bouldin); the multimodal challenge's scores (predict RMSE, match score
 and matching-format check, the six-metric embedding score) on one shared kNN graph, exact or
-approximate by size; replicate mAP of plate profiles. numpy, scipy, sklearn, scanpy and
-copairs only. ``cluster_scores`` / ``leiden_scores``: the
-models' side-by-side protocol (k-means and Ward ARI/NMI/FMI; Leiden at the best-NMI
-resolution): no Ray, no MLflow, no file I/O.
+approximate by size; replicate mAP of plate profiles; the models' side-by-side protocol
+(``cluster_scores``: k-means and Ward ARI/NMI/FMI; ``leiden_scores``: Leiden at the best-NMI
+resolution). numpy, scipy, sklearn, scanpy and copairs only: no Ray, no MLflow, no file I/O.
 """
 
 from raymmi.metrics._batch import (
