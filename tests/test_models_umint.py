@@ -167,11 +167,15 @@ def test_embed_impute_shapes_and_registration():
         "lr": 1e-3,
         "weight_decay": 0.0,
         "batch_size": 16,
-        "epochs": 25,
+        "epochs": 50,
     }
     c = models.UMINTConfig()
     assert (c.widths, c.bottleneck, c.alpha, c.beta) == ((128, 10), 64, 1e-4, 1e-3)
-    assert c.modality_weights == (1.0, 1.0)
+    # CLR proteins weighted 5 unless lambdas are given; any other modality 1
+    assert c.lambdas is None and c.modality_weights == (1.0, 5.0)
+    other = models.UMINTConfig(modalities=("rna_hvg", "atac_lsi"))
+    assert other.modality_weights == (1.0, 1.0)
+    assert models.UMINTConfig(lambdas=(2.0, 1.0)).modality_weights == (2.0, 1.0)
 
 
 def test_keras_like_initialization():

@@ -3,8 +3,9 @@
 Batch mixing (ASW, iLISI, graph connectivity, ARI); clustering agreement and quality (NMI,
 FMI, silhouette, Davies-Bouldin); the multimodal challenge's scores (predict RMSE, match score
 and matching-format check, the six-metric embedding score) on one shared kNN graph, exact or
-approximate by size; replicate mAP of plate profiles. numpy, scipy, sklearn, scanpy and
-copairs only: no Ray, no MLflow, no file I/O.
+approximate by size; replicate mAP of plate profiles; the models' side-by-side protocol
+(``cluster_scores``: k-means and Ward ARI/NMI/FMI; ``leiden_scores``: Leiden at the best-NMI
+resolution). numpy, scipy, sklearn, scanpy and copairs only: no Ray, no MLflow, no file I/O.
 """
 
 from raymmi.metrics._batch import (
@@ -51,6 +52,14 @@ from raymmi.metrics._neighbors import (
     neighbor_graph,
 )
 from raymmi.metrics._profiles import replicate_map
+from raymmi.metrics._scores import (
+    Agreement,
+    ClusterScores,
+    LeidenScores,
+    agreement,
+    cluster_scores,
+    leiden_scores,
+)
 
 __all__ = [
     "CELL_CYCLE_G2M_GENES",
@@ -59,16 +68,21 @@ __all__ = [
     "CHALLENGE_RESOLUTIONS",
     "EMBED_METRICS",
     "MAX_MATCH_NONZERO",
+    "Agreement",
+    "ClusterScores",
     "EmbedScores",
+    "LeidenScores",
     "MatchingError",
     "NeighborGraph",
     "OptimalClustering",
     "adjusted_rand",
+    "agreement",
     "batch_asw",
     "batch_silhouette",
     "cell_cycle_conservation",
     "cell_cycle_scores",
     "check_matching",
+    "cluster_scores",
     "davies_bouldin",
     "embed_score",
     "fowlkes_mallows",
@@ -78,6 +92,7 @@ __all__ = [
     "label_asw",
     "largest_component_share",
     "leiden",
+    "leiden_scores",
     "lisi",
     "match_probabilities",
     "match_score",

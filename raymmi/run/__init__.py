@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from raymmi.run._evaluate._driver import HELDOUT, SCORE, evaluate_plates, summary_text
     from raymmi.run._export._driver import export
     from raymmi.run._images._driver import generate_images, ingest_images
+    from raymmi.run._inprocess import (
+        DecodedCells,
+        TrainedEmbedding,
+        decode_cells,
+        replace_modalities,
+        train_embed,
+    )
     from raymmi.run._logs import (
         VERBOSE_ENV,
         EpochPrinter,
@@ -42,6 +49,11 @@ if TYPE_CHECKING:
     from raymmi.run._tune._driver import summary_lines, tune
 
 _WHERE = {
+    "DecodedCells": "_inprocess",
+    "TrainedEmbedding": "_inprocess",
+    "decode_cells": "_inprocess",
+    "replace_modalities": "_inprocess",
+    "train_embed": "_inprocess",
     "PRIVATE_STATE_CHECKED": "_runtime",
     "check_private_state_api": "_runtime",
     "ShardPartsSink": "_datasets",
@@ -83,10 +95,13 @@ __all__ = [
     "PRIVATE_STATE_CHECKED",
     "SCORE",
     "VERBOSE_ENV",
+    "DecodedCells",
     "EpochPrinter",
     "ShardPartsSink",
     "TaskConfig",
+    "TrainedEmbedding",
     "check_private_state_api",
+    "decode_cells",
     "epoch_line",
     "evaluate_plates",
     "export",
@@ -102,6 +117,7 @@ __all__ = [
     "preprocess_cells",
     "quiet_driver",
     "read_dataset",
+    "replace_modalities",
     "run_task",
     "score_text",
     "select_features",
@@ -109,6 +125,7 @@ __all__ = [
     "summary_lines",
     "summary_text",
     "train",
+    "train_embed",
     "train_log_level",
     "trial_line",
     "tune",

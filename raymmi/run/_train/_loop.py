@@ -91,11 +91,15 @@ class EpochIO:
 
 
 def build_model(
-    plan: TrainPlan, device: torch.device
+    plan: TrainPlan, device: torch.device, *, init_seed: int | None = None
 ) -> tuple[models.Model, torch.optim.Optimizer]:
-    """The model (seeded with ``optim.seed``) and its Adam optimizer, as every path builds them."""
+    """The model (seeded with ``optim.seed``) and its Adam optimizer, as every path builds them.
+
+    ``init_seed``: draw the weights from this seed instead (benchmarks: one initialization for
+    runs whose split and shuffling differ).
+    """
     optim = plan.optim
-    torch.manual_seed(int(optim["seed"]))
+    torch.manual_seed(int(optim["seed"]) if init_seed is None else init_seed)
     model = models.model_class(plan.model_name)(plan.model_config, plan.layout.dims)
     model.to(device)
     optimizer = torch.optim.Adam(

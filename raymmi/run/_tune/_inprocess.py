@@ -153,12 +153,14 @@ def train_in_process(
     keep_checkpoints: int = 2,
     device: str = "cpu",
     report: Any = None,
+    init_seed: int | None = None,
 ) -> TrialRun:
     """Train ``plan`` on ``data`` in this process with the loop of ``raymmi train``.
 
     Checkpoints go to ``folder/checkpoints/train/epoch-NNNNN`` every ``checkpoint_every``
     epochs and at the last (the newest ``keep_checkpoints`` kept); a folder holding one
     resumes from it. ``report(epoch, metrics)`` is called after every epoch's checkpoint.
+    ``init_seed``: initial weights from this seed instead of ``optim.seed``.
     """
     import torch
 
@@ -175,7 +177,7 @@ def train_in_process(
 
     torch.set_num_threads(plan.threads)
     dev = torch.device(device)
-    model, optimizer = build_model(plan, dev)
+    model, optimizer = build_model(plan, dev, init_seed=init_seed)
     root = folder / "checkpoints" / "train"
     start, history = 0, []
     written = _latest_written_checkpoint(root)
