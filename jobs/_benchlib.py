@@ -89,3 +89,75 @@ class PeakSampler:
     @property
     def growth_mib(self) -> float:
         return (self.peak - self.idle) / 2**20
+
+
+class TreePeaks:
+    """Peak RSS of this driver and of each of its descendant processes while active.
+
+    Polled every ``interval`` seconds through ``/proc`` (no psutil needed). :attr:`driver_mib` is this
+    process's peak; :attr:`worker_mib` the largest peak of any one Ray worker (``ray::*`` or
+    ``default_worker.py``); :attr:`workers_total_mib` the peak of the workers' summed RSS;
+    :attr:`tree_total_mib` the peak of everything summed (driver, workers, raylet, GCS ...).
+    RSS counts the pages of Ray's shared-memory object store a process has touched, so sums
+    overstate the machine's use.
+    """
+
+    def __init__(self, *, interval: float = 0.25) -> None:
+        self._interval = interval
+        self.driver = self.worker = self.workers_total = self.tree_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _poll(self) -> None:
+        import os
+
+        from raymmi.testing import cmdline, descendants
+
+        driver = _proc_rss(os.getpid())
+        workers, total = [], driver
+        for pid in descendants(os.getpid()):
+            rss = _proc_rss(pid)
+            total += rss
+            cmd = cmdline(pid)
+            if cmd.startswith("ray::") or "default_worker.py" in cmd:
+                workers.append(rss)
+        self.driver = max(self.driver, driver)
+        self.worker = max(self.worker, max(workers, default=0))
+        self.workers_total = max(self.workers_total, sum(workers))
+        self.tree_total = max(self.tree_total, total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._poll()
+            time.sleep(self._interval)
+
+    def __enter__(self) -> TreePeaks:
+        self._poll()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+    def mib(self) -> dict[str, float]:
+        """The four peaks in MiB."""
+        return {
+            "driver": self.driver / 2**20,
+            "worker": self.worker / 2**20,
+            "workers_total": self.workers_total / 2**20,
+            "tree_total": self.tree_total / 2**20,
+        }
+
+
+def _proc_rss(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes (``VmRSS``), 0 where it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
