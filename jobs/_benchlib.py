@@ -94,10 +94,10 @@ class PeakSampler:
 class TreePeaks:
     """Peak RSS of this driver and of each of its descendant processes while active.
 
-    Polled every ``interval`` seconds through ``/proc`` (no psutil needed). :attr:`driver_mib` is this
-    process's peak; :attr:`worker_mib` the largest peak of any one Ray worker (``ray::*`` or
-    ``default_worker.py``); :attr:`workers_total_mib` the peak of the workers' summed RSS;
-    :attr:`tree_total_mib` the peak of everything summed (driver, workers, raylet, GCS ...).
+    Polled every ``interval`` seconds through ``/proc`` (no psutil needed). :meth:`mib`
+    gives, in MiB: ``driver``, this process's peak; ``worker``, the largest peak of any one Ray
+    worker (``ray::*`` or ``default_worker.py``); ``workers_total``, the peak of the workers'
+    summed RSS; ``tree_total``, the peak of everything summed (driver, workers, raylet, GCS).
     RSS counts the pages of Ray's shared-memory object store a process has touched, so sums
     overstate the machine's use.
     """

@@ -40,7 +40,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-
 from _benchlib import TreePeaks
 
 from raymmi import models, testing
@@ -101,15 +100,15 @@ def _scale(args: argparse.Namespace) -> int:
             config = _train_config(data, root / f"{model}-scale", model, 1024, args.epochs)
             metrics = train(config, tracking=OFF)
         speeds[model] = metrics
-        embedded = open_shard_set(str(root / f"{model}-scale" / "embeddings"), kind="cells").manifest.num_rows
+        embeddings = open_shard_set(str(root / f"{model}-scale" / "embeddings"), kind="cells")
+        embedded = embeddings.manifest.num_rows
         assert embedded == manifest.num_rows, (model, embedded, manifest.num_rows)
     print(
         f"{manifest.num_rows} cells ({files} files), {args.genes} genes, {args.peaks} peaks; "
         "batch 1024, one Ray Train worker, torch threads 1\n"
     )
     header = (
-        f"{'phase':32} {'seconds':>8} {'driver MiB':>10} {'worker MiB':>10} "
-        f"{'workers sum':>11}"
+        f"{'phase':32} {'seconds':>8} {'driver MiB':>10} {'worker MiB':>10} {'workers sum':>11}"
     )
     print(header)
     print("-" * len(header))

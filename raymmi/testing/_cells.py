@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 from typing import Literal
 
 import numpy as np
@@ -109,7 +110,7 @@ REALISTIC_MULTIOME_RNA_UMIS_PER_GENE = 0.64
 # same protocol on the real file: 0.388). Multiome needs more fold change at its ~5x lower depth.
 # The ADT multiplier gives RNA + ADT PCA-50 0.43-0.47 (real file: 0.434 by this script's CLR-free
 # ADT scaling, 0.471 with CLR). Tested in tests/test_testing_realistic.py.
-REALISTIC_RNA_TYPE_SCALE = {"multiome": 0.38, "cite": 0.3}
+REALISTIC_RNA_TYPE_SCALE = types.MappingProxyType({"multiome": 0.38, "cite": 0.3})
 REALISTIC_ADT_TYPE_SCALE = 0.3
 # *assumed*: ATAC markers keep their full fold changes (no real ATAC clustering figure here).
 REALISTIC_ATAC_TYPE_SCALE = 1.0
