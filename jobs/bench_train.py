@@ -31,6 +31,7 @@ worker, and the workers summed. "Flat" means the 10^6 run's peaks stay near the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -84,7 +85,13 @@ class _phase:
         seconds = time.perf_counter() - self.tick
         self.peaks.__exit__(*exc)
         if self.phases is not None:
-            self.phases.append((self.name, seconds, self.peaks.mib()))
+            mib = self.peaks.mib()
+            self.phases.append((self.name, seconds, mib))
+            print(  # as it ends: a long run shows its progress
+                f"[{self.name}] {seconds:.0f} s, peak RSS driver {mib['driver']:.0f} MiB, "
+                f"largest worker {mib['worker']:.0f} MiB",
+                flush=True,
+            )
 
 
 def _scale(args: argparse.Namespace) -> int:
@@ -105,7 +112,8 @@ def _scale(args: argparse.Namespace) -> int:
         assert embedded == manifest.num_rows, (model, embedded, manifest.num_rows)
     print(
         f"{manifest.num_rows} cells ({files} files), {args.genes} genes, {args.peaks} peaks; "
-        "batch 1024, one Ray Train worker, torch threads 1\n"
+        "batch 1024, one Ray Train worker, torch threads 1; load average (1, 5, 15 min) "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
     )
     header = (
         f"{'phase':32} {'seconds':>8} {'driver MiB':>10} {'worker MiB':>10} {'workers sum':>11}"
