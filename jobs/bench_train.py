@@ -1,7 +1,7 @@
 """Benchmark: training throughput of `raymmi train` and the per-row loader it replaces.
 
     python jobs/bench_train.py [--cells 20000] [--peaks 5000] [--epochs 2] [--smoke-test]
-    python jobs/bench_train.py --cells 1000000 --peaks 20000     # scale rows only
+    python jobs/bench_train.py --cells 1000000 --peaks 20000 [--generate-only]  # scale rows
 
 Generated multiome cells (``raymmi.testing``), preprocessed (RNA PCA as SAILERX's reference,
 binarized ATAC, scaled HVGs, ATAC LSI). Three measurements, all on this machine, one process:
@@ -57,13 +57,17 @@ SAILERX = {"z_dim": 20, "hidden": [256, 64], "chromosome_split": True}
 UMINT = {"modalities": ["rna_hvg", "atac_lsi"], "widths": [64, 16], "bottleneck": 32}
 
 
-def _data(root: Path, cells: int, peaks: int, *, genes: int = 2000, phases=None) -> str:
+def _data(
+    root: Path, cells: int, peaks: int, *, genes: int = 2000, phases=None, generate_only=False
+) -> str:
     spec = testing.CellSetSpec(
         n_cells=cells, n_genes=genes, n_peaks=peaks, chunk_size=min(cells, 10_000), seed=0
     )
     config = from_dict(PreprocessCellsConfig, {"rna": {"pca": {"n_comps": 30}}})
     with _phase(phases, "generate"):
         generate_cells(spec, out=str(root / "raw"), tracking=OFF)
+    if generate_only:
+        return str(root / "raw")
     with _phase(phases, "preprocess"):
         preprocess_cells(config, source=str(root / "raw"), out=str(root / "pre"), tracking=OFF)
     return str(root / "pre")
@@ -98,11 +102,14 @@ def _scale(args: argparse.Namespace) -> int:
     """The scale rows: generate, preprocess, one epoch of each model, embedding pass."""
     root = Path(args.root or tempfile.mkdtemp(prefix="bench_train_scale_"))
     phases: list = []
-    data = _data(root, args.cells, args.peaks, genes=args.genes, phases=phases)
+    generate_only = args.generate_only
+    data = _data(
+        root, args.cells, args.peaks, genes=args.genes, phases=phases, generate_only=generate_only
+    )
     manifest = open_shard_set(data, kind="cells").manifest
     files = len(open_shard_set(data, kind="cells").file_uris())
     speeds = {}
-    for model in ("sailerx", "umint"):
+    for model in () if generate_only else ("sailerx", "umint"):
         with _phase(phases, f"train {model} ({args.epochs} epoch) + embed"):
             config = _train_config(data, root / f"{model}-scale", model, 1024, args.epochs)
             metrics = train(config, tracking=OFF)
@@ -240,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loops-max-cells", type=int, default=50_000)
     parser.add_argument("--genes", type=int, default=2000, help="scale rows: genes")
     parser.add_argument("--root", default=None, help="scale rows: where the data go")
+    parser.add_argument(
+        "--generate-only", action="store_true", help="scale rows: the generation phase only"
+    )
     args = parser.parse_args(argv)
     if args.smoke_test:
         args.cells, args.peaks, args.epochs, args.batches = 1000, 600, 1, "200"
