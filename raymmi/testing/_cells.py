@@ -219,8 +219,8 @@ class CellSetSpec:
         ``"easy"`` (the default): cell types well apart (the fitted fold-change spread), every
         model and baseline clusters them almost perfectly. ``"realistic"``: cell-type fold
         changes shrunk (``REALISTIC_*_TYPE_SCALE``) so that an RNA PCA clusters the types about
-        as well as on the real sets (k-means ARI ~0.36 on a 41-type CITE-shaped set, Leiden
-        ARI ~0.32 / NMI ~0.51 on a 21-type multiome-shaped set), and, for ``multiome``, the
+        as well as on the real sets (k-means ARI ~0.4 on a 41-type CITE-shaped set, Leiden
+        ARI ~0.33 / NMI ~0.53 on a 21-type multiome-shaped set), and, for ``multiome``, the
         real set's depths as defaults: 0.64 RNA UMIs a gene (384 for 600 genes), 14% of peaks
         accessible (84 of 600). Fold changes are scaled, not redrawn: the same seed gives the
         same type programs, only weaker.
