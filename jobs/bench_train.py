@@ -25,7 +25,9 @@ task, never the whole set in one process), preprocessed (streamed passes), then 
 UMINT trained for ``--epochs`` (1 here) over every cell at batch 1,024, each followed by
 ``train``'s embedding pass over every cell. Each phase prints its seconds and peak RSS
 (:class:`_benchlib.TreePeaks`, polled through ``/proc``): this driver, the largest single Ray
-worker, and the workers summed. "Flat" means the 10^6 run's peaks stay near the 10^5 run's.
+worker, the workers summed, and the driver's and largest worker's private (``RssAnon``) peaks:
+RSS also counts the object-store pages a worker has touched. "Flat" means the 10^6 run's
+peaks stay near the 10^5 run's.
 """
 
 from __future__ import annotations
@@ -123,14 +125,15 @@ def _scale(args: argparse.Namespace) -> int:
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
     )
     header = (
-        f"{'phase':32} {'seconds':>8} {'driver MiB':>10} {'worker MiB':>10} {'workers sum':>11}"
+        f"{'phase':32} {'seconds':>8} {'driver MiB':>10} {'worker MiB':>10} {'workers sum':>11} "
+        f"{'driver anon':>11} {'worker anon':>11}"
     )
     print(header)
     print("-" * len(header))
     for name, seconds, mib in phases:
         print(
             f"{name:32} {seconds:8.0f} {mib['driver']:10.0f} {mib['worker']:10.0f} "
-            f"{mib['workers_total']:11.0f}"
+            f"{mib['workers_total']:11.0f} {mib['driver_anon']:11.0f} {mib['worker_anon']:11.0f}"
         )
     for model, metrics in speeds.items():
         print(
