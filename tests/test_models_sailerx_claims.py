@@ -93,7 +93,7 @@ def _train(batch, dims, *, epochs: int) -> np.ndarray:
     n = len(batch["atac"])
     for epoch in range(epochs):
         model.train()
-        kl_weight = models.kl_schedule(epoch, **models.annealing(config))
+        kl_weight = models.kl_schedule(epoch, **models.annealing(model.config))
         order = torch.from_numpy(rng.permutation(n))
         for start in range(0, n - size + 1, size):
             rows = order[start : start + size]
