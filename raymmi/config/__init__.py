@@ -20,6 +20,7 @@ from raymmi.config._cells import IngestCellsConfig as IngestCellsConfig
 from raymmi.config._export import ExportConfig as ExportConfig
 from raymmi.config._images import GenerateImagesConfig as GenerateImagesConfig
 from raymmi.config._images import IngestImagesConfig as IngestImagesConfig
+from raymmi.config._images import MEASURES as MEASURES
 from raymmi.config._plates import EvaluatePlatesConfig as EvaluatePlatesConfig
 from raymmi.config._plates import IngestPlatesConfig as IngestPlatesConfig
 from raymmi.config._plates import NormalizeConfig as NormalizeConfig

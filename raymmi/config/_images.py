@@ -8,6 +8,17 @@ from typing import Literal
 from raymmi.config._base import check_choice, check_positive
 from raymmi.schema import RaymmiError
 
+#: The measurement groups of ``raymmi ingest images --measure`` (cp-measure's families), in the
+#: order they are computed; ``raymmi.images`` measures them.
+MEASURES: tuple[str, ...] = (
+    "sizeshape",
+    "intensity",
+    "texture",
+    "granularity",
+    "radial",
+    "correlation",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class IngestImagesConfig:
@@ -57,14 +68,7 @@ class IngestImagesConfig:
     out: str
     nuclei_channel: str
     cell_channel: str | None = None
-    measures: tuple[str, ...] = (
-        "sizeshape",
-        "intensity",
-        "texture",
-        "granularity",
-        "radial",
-        "correlation",
-    )
+    measures: tuple[str, ...] = MEASURES
     illum: Literal["none", "plate"] = "none"
     aggregate: Literal["median", "mean"] | None = None
     negcon: str | None = None
@@ -83,7 +87,7 @@ class IngestImagesConfig:
         check_choice("illum", self.illum, ("none", "plate"))
         check_choice("aggregate", self.aggregate, (None, "median", "mean"))
         check_choice("threshold", self.threshold, ("otsu", "otsu3", "li"))
-        allowed = ("sizeshape", "intensity", "texture", "granularity", "radial", "correlation")
+        allowed = MEASURES
         bad = [m for m in self.measures if m not in allowed]
         if bad or (not self.measures and not self.embed):
             msg = (

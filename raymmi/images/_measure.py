@@ -27,14 +27,8 @@ from itertools import combinations
 
 import numpy as np
 
-MEASURES: tuple[str, ...] = (
-    "sizeshape",
-    "intensity",
-    "texture",
-    "granularity",
-    "radial",
-    "correlation",
-)
+from raymmi.config import MEASURES
+
 # Correlation of two 0-1 images scaled from 16 bits: cp-measure's Costes needs the scale.
 _COSTES_SCALE = 65535
 _TRAILING_NUMBERS = re.compile(r"^(?P<head>.*?)_(?P<tail>\d.*)$")
