@@ -1,7 +1,7 @@
 """Benchmark: `raymmi ingest images` against a plain one-process loop of the same work.
 
     python jobs/bench_images.py [--fields 8] [--size 512] [--measure sizeshape,intensity]
-                                [--embed] [--smoke-test]
+                                [--embed [--embed-model cnn-small]] [--smoke-test]
 
 Generates ``--fields`` and 10 x ``--fields`` synthetic fields (``raymmi generate images``), then
 for each size times
@@ -15,7 +15,8 @@ with fields/s, cells/s, the ratio raymmi / loop, and the peak RSS above idle of 
 workers (summed; sampled every 20 ms), which should stay flat between the two sizes. The last
 line projects the hours of one 384-well x 9-site plate (3,456 fields of ``--size``) on one
 16-core node from raymmi's per-core field rate. ``--embed`` adds a run with ``--embed
-cnn-small --weights random`` (CPU).
+MODEL --weights random`` (CPU), ``MODEL`` from ``--embed-model`` (``cnn-small``, or
+``torchvision:resnet18`` / ``timm:resnet18`` where torchvision imports).
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ def _loop(load: str, measures: tuple[str, ...]) -> tuple[float, int]:
     return time.perf_counter() - start, cells
 
 
-def _raymmi(load: str, out: str, measures: tuple[str, ...], embed: bool) -> tuple[float, int]:
-    extra = {"embed": "cnn-small", "weights": "random"} if embed else {}
+def _raymmi(
+    load: str, out: str, measures: tuple[str, ...], embed: str | None
+) -> tuple[float, int]:
+    extra = {"embed": embed, "weights": "random", "crop_size": 64} if embed else {}
     config = IngestImagesConfig(
         load_data=load,
         out=out,
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fields", type=int, default=8, help="smaller size (x10 the larger)")
     parser.add_argument("--size", type=int, default=512, help="field side in pixels")
     parser.add_argument("--measure", default="sizeshape,intensity")
-    parser.add_argument("--embed", action="store_true", help="also time --embed cnn-small")
+    parser.add_argument("--embed", action="store_true", help="also time --embed MODEL")
+    parser.add_argument("--embed-model", default="cnn-small", help="architecture of --embed")
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--smoke-test", action="store_true", help="2 and 4 fields of 192 px")
     args = parser.parse_args(argv)
@@ -83,17 +87,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             n_fields = len(read_load_data(load))
             loop_s, loop_cells = _loop(load, measures)
-            runs = [("raymmi", False)] + ([("raymmi --embed", True)] if args.embed else [])
+            runs: list[tuple[str, str | None]] = [("raymmi", None)]
+            if args.embed:
+                runs.append((f"--embed {args.embed_model}", args.embed_model))
             for name, embed in runs:
                 with PeakSampler() as peak:
                     ray_s, cells = _raymmi(load, f"{tmp}/out{n}", measures, embed)
                 rows.append((n_fields, name, ray_s, cells, loop_s, loop_cells, peak.growth_mib))
     print(f"\n{cpus} CPUs, fields of {side} x {side}, measures {','.join(measures)}")
-    header = "fields  run              raymmi s  fields/s  cells/s  loop s  loop fields/s"
+    header = (
+        "fields  run                          raymmi s  fields/s  cells/s  loop s  loop fields/s"
+    )
     print(header + "  speedup  workers peak MiB")
     for n, name, ray_s, cells, loop_s, _, mib in rows:
         print(
-            f"{n:6d}  {name:15s}  {ray_s:8.1f}  {n / ray_s:8.2f}  {cells / ray_s:7.1f}  "
+            f"{n:6d}  {name:27s}  {ray_s:8.1f}  {n / ray_s:8.2f}  {cells / ray_s:7.1f}  "
             f"{loop_s:6.1f}  {n / loop_s:13.2f}  {loop_s / ray_s:7.2f}  {mib:16.0f}"
         )
     n, _, ray_s, *_ = rows[-1] if not args.embed else rows[-2]

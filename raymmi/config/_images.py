@@ -53,7 +53,8 @@ class IngestImagesConfig:
     discard_border_cells
         Drop cells touching the field's border (with their nuclei).
     embed
-        CNN architecture for per-cell crop embeddings (``Embedding_<i>`` columns); ``None``: off.
+        CNN for per-cell crop embeddings (``Embedding_<i>`` columns): ``cnn-small``,
+        ``torchvision:<name>`` or ``timm:<name>`` (:mod:`raymmi.images`); ``None``: off.
     weights
         Weights file of ``embed`` (``torch.load(weights_only=True)``), or ``random`` (tests).
     crop_size

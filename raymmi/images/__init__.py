@@ -3,7 +3,15 @@
 No Ray, no MLflow, no file I/O (TIFF and LoadData reading live in :mod:`raymmi.io`).
 """
 
-from raymmi.images._embed import CropEmbedder, build_cnn, crops, embedding_dim
+from raymmi.images._embed import (
+    CropEmbedder,
+    adapt_state_dict,
+    build_cnn,
+    build_network,
+    crops,
+    embedding_dim,
+    parse_architecture,
+)
 from raymmi.images._illum import IllumSums, illumination_function, illumination_functions
 from raymmi.images._measure import MEASURES, check_measures, measure_objects, object_centers
 from raymmi.images._profile import (
@@ -33,7 +41,9 @@ __all__ = [
     "IllumSums",
     "ProfileConfig",
     "SegmentConfig",
+    "adapt_state_dict",
     "build_cnn",
+    "build_network",
     "check_measures",
     "crops",
     "cytoplasm",
@@ -45,6 +55,7 @@ __all__ = [
     "labels_from_mask",
     "measure_objects",
     "object_centers",
+    "parse_architecture",
     "profile_field",
     "segment_cells",
     "segment_nuclei",

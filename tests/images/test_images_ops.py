@@ -124,3 +124,101 @@ def test_crops_and_embedder(tmp_path):
     assert out.shape == (2, 128) and np.isfinite(out).all()
     with pytest.warns(UserWarning, match="random"):
         CropEmbedder(model="cnn-small", weights="random", channels=("DNA",), crop_size=16)
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except Exception:  # PyPI's torchvision fails to load its ops beside torch 2.13.0+cpu
+        return False
+    return True
+
+
+def test_architecture_names_and_missing_libraries():
+    from raymmi.images import embedding_dim, parse_architecture
+
+    assert parse_architecture("cnn-small") == (None, "cnn-small")
+    assert parse_architecture("timm:resnet18") == ("timm", "resnet18")
+    assert parse_architecture("torchvision:resnet18") == ("torchvision", "resnet18")
+    for bad in ("resnet18", "keras:resnet", "timm:"):
+        with pytest.raises(ValueError, match="torchvision:<name> or timm:<name>"):
+            parse_architecture(bad)
+    assert embedding_dim("cnn-small") == 128
+    for library in ("torchvision", "timm"):
+        if not _has(library):
+            with pytest.raises(ValueError, match=r"pip install torch==2\.14\.1 torchvision"):
+                embedding_dim(f"{library}:resnet18", in_channels=3)
+
+
+def _stand_in(in_channels: int = 3):
+    """A tiny classifier with the parts torchvision models have: first conv ... last Linear."""
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+
+
+def test_stock_weights_fit_to_the_fields_channels():
+    """First conv rebuilt for 5 channels, classifier dropped, stock RGB kernels shared out."""
+    import torch
+
+    from raymmi.images._embed import adapt_input_conv, adapt_state_dict, drop_classifier
+
+    torch.manual_seed(0)
+    stock = _stand_in(3)
+    state = stock.state_dict()
+    net = _stand_in(3)
+    first = adapt_input_conv(net, 5)
+    classifier, width = drop_classifier(net)
+    assert (first, classifier, width) == ("0", "4", 8)
+    assert net[0].in_channels == 5 and isinstance(net[4], torch.nn.Identity)
+    fitted = adapt_state_dict(state, net, {"first_conv": first, "classifier": classifier})
+    assert "4.weight" not in fitted and fitted["0.weight"].shape == (8, 5, 3, 3)
+    net.load_state_dict(fitted)  # strict: every remaining key fits
+    # an image equal in every channel gets the stock network's response to that grey image
+    grey = torch.rand(2, 1, 12, 12)
+    features_stock = stock[:4](grey.repeat(1, 3, 1, 1))
+    with torch.no_grad():
+        assert torch.allclose(net(grey.repeat(1, 5, 1, 1)), features_stock, atol=1e-5)
+    with pytest.raises(ValueError, match="no final linear layer"):
+        drop_classifier(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
+
+
+@pytest.mark.skipif(not _has("torchvision"), reason="torchvision does not import here")
+@pytest.mark.parametrize("model", ["torchvision:resnet18", "timm:resnet18"])
+def test_library_architectures_embed_crops(model, tmp_path):
+    """torchvision / timm ResNet-18 on 5-channel crops, from stock 3-channel weight files."""
+    import torch
+
+    from raymmi.images import CropEmbedder, embedding_dim
+
+    library, name = model.split(":")
+    if library == "timm":
+        if not _has("timm"):
+            pytest.skip("timm is not installed")
+        import timm
+
+        stock = timm.create_model(name, pretrained=False)
+    else:
+        import torchvision
+
+        stock = torchvision.models.get_model(name, weights=None)
+    path = tmp_path / "stock.pt"
+    torch.save(stock.state_dict(), path)  # 3 input channels and a 1000-class head
+    channels = ("DNA", "ER", "RNA", "AGP", "Mito")
+    assert embedding_dim(model, in_channels=5, crop_size=48) == 512
+    embedder = CropEmbedder(model=model, weights=str(path), channels=channels, crop_size=48)
+    nuclei = np.zeros((100, 100), np.int32)
+    nuclei[20:30, 20:30] = 1
+    nuclei[60:72, 50:64] = 2
+    rng = np.random.default_rng(0)
+    images = {c: rng.random((100, 100)).astype(np.float32) for c in channels}
+    out = embedder(images, nuclei)
+    assert out.shape == (2, 512) and np.isfinite(out).all() and not np.allclose(out[0], out[1])
+    with pytest.raises(ValueError, match="has no model"):
+        embedding_dim(f"{library}:no_such_net", in_channels=5)

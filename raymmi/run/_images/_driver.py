@@ -4,8 +4,8 @@ One field is one row of work (with ``--aggregate``, one well: its fields one aft
 so the well's cells can be aggregated where they were measured, with no shuffle). Rows flow
 through ``map_batches`` (batch size 1, at most ``workers`` tasks at once, one CPU each), so a
 worker holds one field's stack and its cells, however many fields there are. Each task returns
-its cells plus one sentinel row per field (``Metadata_ObjectNumber`` 0) carrying the field's QC
-record; the sink writes the cells as ``plates`` parts (never two plates in a file) and hands
+its cells plus one sentinel row (``Metadata_ObjectNumber`` -1) carrying its fields' QC
+records; the sink writes the cells as ``plates`` parts (never two plates in a file) and hands
 the QC records back to the driver, which writes ``_field_qc.csv`` and commits the manifest
 last.
 
@@ -241,77 +241,116 @@ def _illumination(
 # ==============================================================================================
 
 
-def _field_rows(
+@dataclasses.dataclass
+class _FieldCells:
+    """One field's cells as numpy columns (feature-major, so each feature is contiguous)."""
+
+    n: int
+    ids: dict[str, np.ndarray]  # Metadata_ObjectNumber and the centers
+    values: np.ndarray  # float32 of shape (n_features, n)
+    qc: dict[str, Any]
+
+
+def _field_cells(
     spec: FieldSpec, plan: ImagePlan, illum: dict[str, np.ndarray] | None, embedder: Any
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+) -> _FieldCells:
     images, masks = read_field(spec)
     result = profile_field(images, masks, config=plan.profile, illum=illum)
     n = result.n_cells
-    frame = pd.DataFrame(
-        {
-            name: result.columns.get(name, np.full(n, np.nan))
-            for name in (OBJECT_NUMBER, *plan.centers)
-        }
-    )
-    values = np.full((n, len(plan.features)), np.nan, dtype=np.float32)
+    ids = {
+        name: np.asarray(result.columns.get(name, np.full(n, np.nan)))
+        for name in (OBJECT_NUMBER, *plan.centers)
+    }
+    values = np.full((len(plan.features), n), np.nan, dtype=np.float32)
     index = {f: i for i, f in enumerate(plan.features)}
     for name, column in result.columns.items():
         j = index.get(name)
         if j is not None:
-            values[:, j] = column
+            values[j] = column
     if embedder is not None and n:
         corrected = images if not illum else {c: images[c] / illum[c] for c in images}
         embedding = embedder(corrected, result.labels["Nuclei"])
-        for j in range(embedding.shape[1]):
-            values[:, index[f"Embedding_{j}"]] = embedding[:, j]
-    features = pd.DataFrame(values, columns=list(plan.features))
-    frame = pd.concat([frame, features], axis=1)
-    qc = {**dict(spec.metadata), **result.qc}
-    return frame, qc
+        first = index["Embedding_0"]
+        values[first : first + embedding.shape[1]] = embedding.T
+    return _FieldCells(n=n, ids=ids, values=values, qc={**dict(spec.metadata), **result.qc})
+
+
+def _well_rows(fields: Sequence[_FieldCells], specs: Sequence[FieldSpec], plan: ImagePlan) -> Any:
+    """``--aggregate``: the well's cells (all its fields) to its one profile row (pandas)."""
+    from raymmi.io import aggregate_to_wells
+
+    keep = [*plan.metadata]
+    first = specs[0].metadata
+    n = sum(f.n for f in fields)
+    if not n:
+        out = pd.DataFrame({**{m: [first[m]] for m in keep}, OBJECT_COUNT: [0]})
+        for f in plan.features:
+            out[f] = np.float32(np.nan)
+        return out
+    values = np.concatenate([f.values for f in fields], axis=1)
+    cells = pd.DataFrame(values.T, columns=list(plan.features))
+    for m in reversed(keep):
+        cells.insert(
+            0,
+            m,
+            np.concatenate(
+                [np.repeat(s.metadata[m], f.n) for f, s in zip(fields, specs, strict=True)]
+            ),
+        )
+    out = aggregate_to_wells(cells, how=plan.aggregate)
+    return out[[*keep, OBJECT_COUNT, *plan.features]]
 
 
 def _unit_table(
     unit: dict[str, Any], plan: ImagePlan, illum_refs: dict[str, Any], embedder: Any
 ) -> pa.Table:
-    from raymmi.io import aggregate_to_wells
+    """One work row's cells (or its well's profile) plus one trailing QC sentinel row.
 
+    The sentinel carries the fields' QC records in ``__field_qc`` (null on every cell row)
+    and ``-1`` as its object number or count; the sink drops it from the parts. Columns are
+    built as Arrow arrays from numpy (no per-cell pandas frames: they cost ~15% of a field).
+    """
     specs = [FieldSpec.from_dict(d) for d in json.loads(unit["fields"])]
-    frames: list[pd.DataFrame] = []
-    qcs: list[dict[str, Any]] = []
+    fields: list[_FieldCells] = []
     for spec in specs:
         plate = spec.metadata[PLATE]
         illum = ray.get(illum_refs[plate]) if plate in illum_refs else None
-        frame, qc = _field_rows(spec, plan, illum, embedder)
-        for name in plan.metadata:
-            frame.insert(len(frame.columns) - len(plan.features), name, spec.metadata[name])
-        frames.append(frame)
-        qcs.append(qc)
-    cells = pd.concat(frames, ignore_index=True)
-    if plan.aggregate:
-        first = specs[0].metadata
-        keep = [*plan.metadata]
-        table = cells[[*keep, *plan.features]]
-        if len(table):
-            out = aggregate_to_wells(table, how=plan.aggregate)
-        else:
-            out = pd.DataFrame({**{m: [first[m]] for m in keep}, OBJECT_COUNT: [0]})
-            for f in plan.features:
-                out[f] = np.float32(np.nan)
-        out = out[[*keep, OBJECT_COUNT, *plan.features]]
-    else:
-        out = cells
-    out[NEGCON] = bool(unit["negcon"])
-    out[QC_COLUMN] = None
-    sentinel = {c: [None] for c in out.columns}
-    for m in plan.metadata:
-        sentinel[m] = [specs[0].metadata[m]]
-    sentinel[QC_COLUMN] = [json.dumps(qcs)]
-    sentinel[NEGCON] = [bool(unit["negcon"])]
-    key = OBJECT_COUNT if plan.aggregate else OBJECT_NUMBER
-    sentinel[key] = [-1]
-    frame = pd.concat([out, pd.DataFrame(sentinel)], ignore_index=True)
+        fields.append(_field_cells(spec, plan, illum, embedder))
+    negcon = bool(unit["negcon"])
+    qc = json.dumps([f.qc for f in fields])
     schema = plan.schema().append(pa.field(QC_COLUMN, pa.string()))
-    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    if plan.aggregate:
+        out = _well_rows(fields, specs, plan)
+        out[NEGCON] = negcon
+        stored = plan.schema()
+        body = pa.Table.from_pandas(out[stored.names], schema=stored, preserve_index=False)
+        body = body.append_column(QC_COLUMN, pa.nulls(body.num_rows, pa.string()))
+        sentinel = {name: pa.nulls(1, schema.field(name).type) for name in schema.names}
+        for m in plan.metadata:
+            sentinel[m] = pa.array([specs[0].metadata[m]], pa.string())
+        sentinel[OBJECT_COUNT] = pa.array([-1], pa.int64())
+        sentinel[NEGCON] = pa.array([negcon])
+        sentinel[QC_COLUMN] = pa.array([qc], pa.string())
+        last = pa.table([sentinel[name] for name in schema.names], schema=schema)
+        return pa.concat_tables([body, last])
+    n = sum(f.n for f in fields)
+    columns: dict[str, pa.Array] = {}
+    for m in plan.metadata:
+        repeated = [s.metadata[m] for f, s in zip(fields, specs, strict=True) for _ in range(f.n)]
+        columns[m] = pa.array([*repeated, specs[0].metadata[m]], pa.string())
+    sentinel_ids = {OBJECT_NUMBER: -1}
+    for name in (OBJECT_NUMBER, *plan.centers):
+        kind = schema.field(name).type
+        column = np.concatenate([*(f.ids[name] for f in fields), [sentinel_ids.get(name, np.nan)]])
+        columns[name] = pa.array(column.astype(kind.to_pandas_dtype()), kind)
+    columns[NEGCON] = pa.array(np.full(n + 1, negcon))
+    values = np.concatenate(
+        [*(f.values for f in fields), np.full((len(plan.features), 1), np.nan, np.float32)], axis=1
+    )
+    for j, name in enumerate(plan.features):
+        columns[name] = pa.array(values[j], FEATURE_TYPE)
+    columns[QC_COLUMN] = pa.array([None] * n + [qc], pa.string())
+    return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
 def _profile_units(
@@ -458,7 +497,9 @@ def plan_images(config: IngestImagesConfig) -> tuple[list[FieldSpec], ImagePlan]
         from raymmi.images import CropEmbedder, embedding_dim
 
         try:
-            dim = embedding_dim(config.embed)
+            dim = embedding_dim(
+                config.embed, in_channels=len(channels), crop_size=config.crop_size
+            )
         except ValueError as err:
             raise RaymmiError(str(err)) from err
         if config.weights != "random":
@@ -549,7 +590,7 @@ def ingest_images(
         # The map work holds one CPU a field: writes (I/O) take none, or they queue behind it
         # (measured: 22 s of write backpressure on 3 fields with 2 CPUs).
         _gather_user(lambda: ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}))
-        qc = pd.DataFrame(sink.qc)
+        qc = _in_load_data_order(pd.DataFrame(sink.qc), fields)
         _write_qc(writer.staging, qc)
         figure = _qc_figure(fields[0], plan, illum_refs)
         if figure is not None:
@@ -618,6 +659,18 @@ def _qc_figure(spec: FieldSpec, plan: ImagePlan, illum_refs: dict[str, Any]) -> 
         title=f"{plate} {spec.metadata[WELL]} site {spec.metadata[SITE]}: "
         f"{int(objects['Nuclei'].max())} nuclei",
     )
+
+
+def _in_load_data_order(qc: pd.DataFrame, fields: Sequence[FieldSpec]) -> pd.DataFrame:
+    """The QC rows in the LoadData CSV's row order (tasks finish in any order)."""
+    keys = [k for k in (PLATE, WELL, SITE) if k in qc.columns]
+    if qc.empty or not keys:
+        return qc
+    order = {tuple(str(f.metadata.get(k)) for k in keys): i for i, f in enumerate(fields)}
+    rank = [
+        order.get(tuple(str(v) for v in row), len(order)) for row in qc[keys].itertuples(False)
+    ]
+    return qc.iloc[np.argsort(rank, kind="stable")].reset_index(drop=True)
 
 
 def _write_qc(staging: str, qc: pd.DataFrame) -> None:
