@@ -448,6 +448,7 @@ def test_inputs_and_registration():
         "weight_decay": 5e-4,
         "batch_size": 200,
         "epochs": 410,
+        "lr_decay": 0.995,
     }
 
 

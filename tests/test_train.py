@@ -76,6 +76,53 @@ def test_optim_defaults_come_from_the_model_unless_given():
     assert resolved["batch_size"] == cls.optim_defaults["batch_size"]
 
 
+def test_fit_epochs_decays_the_rate_per_epoch_and_drops_the_last_partial_batch():
+    from types import SimpleNamespace
+
+    from raymmi.run._train._loop import EpochIO, MemoryBatches, fit_epochs
+
+    net = torch.nn.Linear(3, 1)
+    sizes: list[int] = []
+
+    class Objective(torch.nn.Module):
+        def forward(self, batch, kl_weight):
+            sizes.append(len(batch["x"]))
+            loss = net(batch["x"]).pow(2).mean()
+            return models.LossOutput(total=loss, terms={"mse": loss})
+
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    rates: list[float] = []
+    batches = MemoryBatches({"x": torch.randn(10, 3)}, 4)
+    optim = {"epochs": 3, "lr": 0.1, "lr_decay": 0.5, "batch_size": 4, "amp": False}
+    io = EpochIO(
+        train=lambda epoch: iter(batches()),
+        val=None,
+        extra=None,
+        reduce=lambda sums: sums,
+        end_epoch=lambda epoch, m, h: rates.append(optimizer.param_groups[0]["lr"]),
+    )
+    for drop_last, per_epoch in ((True, [4, 4]), (False, [4, 4, 2])):
+        plan = SimpleNamespace(
+            optim={**optim, "drop_last": drop_last},
+            model_config=None,
+            label_key=None,
+            hybrid_every=3,
+            score_every=1,
+        )
+        sizes.clear()
+        rates.clear()
+        # resumed at epoch 1: the rate follows the epoch, not the steps taken in this process
+        history = fit_epochs(
+            plan, net, Objective(), optimizer, io, torch.device("cpu"), start=1, history=[]
+        )
+        assert rates == [0.05, 0.025]
+        assert sizes == per_epoch * 2
+        assert [h["epoch"] for h in history] == [1.0, 2.0]
+    with pytest.raises(RaymmiError, match=r"lr_decay=1.5 must be in \(0, 1\]"):
+        OptimConfig(lr_decay=1.5)
+    assert resolve_optim(models.model_class("ae"), OptimConfig())["lr_decay"] == 1.0
+
+
 def test_train_config_errors_name_the_fix():
     base = {"model_name": "ae", "data": "x", "out": "y"}
     with pytest.raises(RaymmiError, match=r"did you mean 'lr' for 'lrr'"):

@@ -28,6 +28,12 @@ class OptimConfig:
         Mixed precision (bfloat16 autocast) when training on GPU; ignored on CPU.
     shuffle_buffer
         Rows of the local shuffle buffer of each worker's data iterator (0: no shuffle).
+    lr_decay
+        Factor on the learning rate per epoch: epoch ``e`` (0-based) trains at
+        ``lr * lr_decay ** e`` (1: constant).
+    drop_last
+        Skip each worker's last mini-batch of an epoch when it holds fewer than ``batch_size``
+        cells (PyTorch ``DataLoader(drop_last=True)``; the shuffle changes which cells).
     """
 
     lr: float | None = None
@@ -37,6 +43,8 @@ class OptimConfig:
     seed: int = 0
     amp: bool = True
     shuffle_buffer: int = 4096
+    lr_decay: float | None = None
+    drop_last: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("lr", "batch_size", "epochs"):
@@ -48,6 +56,9 @@ class OptimConfig:
             raise RaymmiError(msg)
         if self.shuffle_buffer < 0:
             msg = f"optim.shuffle_buffer={self.shuffle_buffer!r} must be >= 0"
+            raise RaymmiError(msg)
+        if self.lr_decay is not None and not 0.0 < self.lr_decay <= 1.0:
+            msg = f"optim.lr_decay={self.lr_decay!r} must be in (0, 1] (1: constant rate)"
             raise RaymmiError(msg)
 
 

@@ -417,12 +417,14 @@ class SAILERX(Model):
     Config: ClassVar[type] = SAILERXConfig
     # Reference train.py: Adam(lr=1e-4, weight_decay=5e-4) (coupled L2, torch.optim.Adam),
     # batch 200, 400 epochs after its 10 warm-up epochs; here warm-up counts in ``epochs``.
-    # The reference also decays the learning rate by 0.995 per epoch (not part of these keys).
+    # Its learning rate decays by 0.995 per epoch (to 0.13x at the end): without the decay,
+    # Leiden ARI on realistic generated cells fell from 0.886 to 0.830 (issue 17, seed 0).
     optim_defaults: ClassVar[Mapping[str, Any]] = {
         "lr": 1e-4,
         "weight_decay": 5e-4,
         "batch_size": 200,
         "epochs": 410,
+        "lr_decay": 0.995,
     }
 
     config: SAILERXConfig

@@ -124,11 +124,16 @@ def fit_epochs(
     ``forward`` is ``_Objective(model)`` or its DDP wrapper. Returns ``history`` with one row
     of metrics per epoch appended; ``io.end_epoch`` checkpoints and reports each. The KL
     annealing weight of each epoch comes from :func:`raymmi.models.kl_schedule` of the model
-    config (models without a KL term ignore it).
+    config (models without a KL term ignore it); epoch ``e`` trains at learning rate
+    ``optim.lr * optim.lr_decay ** e``; a mini-batch of fewer than ``optim.batch_size`` cells
+    (with ``optim.drop_last``) or of one cell (batch norm needs two) is skipped.
     """
     optim = plan.optim
     amp = device.type == "cuda" and bool(optim["amp"])
     epochs = int(optim["epochs"])
+    lr, decay = float(optim["lr"]), float(optim["lr_decay"])
+    # fewer cells than this end the epoch's batches unused (drop_last); 2 for batch norm
+    smallest = int(optim["batch_size"]) if bool(optim["drop_last"]) else 2
 
     def step(batch: Mapping[str, torch.Tensor], kl_weight: float) -> dict[str, float]:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
@@ -142,6 +147,8 @@ def fit_epochs(
         if io.before_epoch is not None:
             io.before_epoch(epoch)
         model.train()
+        for group in optimizer.param_groups:  # set from the epoch, so a resumed run agrees
+            group["lr"] = lr * decay**epoch
         kl_weight = models.kl_schedule(epoch, **models.annealing(plan.model_config))
         sums: dict[str, float] = {"cells": 0.0, "data_seconds": 0.0}
         tick = time.perf_counter()
@@ -155,7 +162,7 @@ def fit_epochs(
             if batch is None:
                 break
             n = len(next(iter(batch.values())))
-            if n < 2:  # batch norm needs two cells; equal splits make every rank skip it
+            if n < smallest:  # equal splits make every rank skip it
                 continue
             for key, value in step(_to(batch, device), kl_weight).items():
                 sums[f"train_{key}"] = sums.get(f"train_{key}", 0.0) + value * n

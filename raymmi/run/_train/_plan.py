@@ -64,9 +64,13 @@ def _close(name: str, options: list[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
+# Loop settings a model's ``optim_defaults`` may leave out: a constant rate, every batch kept.
+LOOP_DEFAULTS: dict[str, Any] = {"lr_decay": 1.0, "drop_last": False}
+
+
 def resolve_optim(cls: type[models.Model], optim: OptimConfig) -> dict[str, Any]:
-    """Optimizer settings with the model's reference defaults filled in."""
-    out = dict(cls.optim_defaults)
+    """Optimizer settings with the model's reference defaults (then the loop's) filled in."""
+    out = {**LOOP_DEFAULTS, **cls.optim_defaults}
     for key, value in to_dict(optim).items():
         if value is not None:
             out[key] = value
