@@ -5,10 +5,12 @@ No Ray, no MLflow, no file I/O (TIFF and LoadData reading live in :mod:`raymmi.i
 
 from raymmi.images._embed import (
     CropEmbedder,
+    adapt_input_conv,
     adapt_state_dict,
     build_cnn,
     build_network,
     crops,
+    drop_classifier,
     embedding_dim,
     parse_architecture,
 )
@@ -41,12 +43,14 @@ __all__ = [
     "IllumSums",
     "ProfileConfig",
     "SegmentConfig",
+    "adapt_input_conv",
     "adapt_state_dict",
     "build_cnn",
     "build_network",
     "check_measures",
     "crops",
     "cytoplasm",
+    "drop_classifier",
     "embedding_dim",
     "field_qc",
     "find_objects",

@@ -21,8 +21,9 @@ Weights come from a local ``state_dict`` file read with ``torch.load(..., weight
 ImageNet ResNet-18 file fetched elsewhere), which :func:`adapt_state_dict` fits to the
 network: the classifier's weights are dropped and the first convolution's RGB kernels are
 summed and shared out equally over the field's channels (an image the same in every channel
-gets the response the stock network gives a grey image). ``random`` (seeded initial weights) is for tests and warns. Crops
-are the bit-depth-scaled intensities (0-1), not ImageNet-normalized.
+gets the response the stock network gives a grey image). ``random`` (seeded initial
+weights) is for tests and warns. Crops are the bit-depth-scaled intensities (0-1), not
+ImageNet-normalized.
 
 Pure: numpy and torch; no Ray, no MLflow (the weights file is read once, by the caller's
 actor).

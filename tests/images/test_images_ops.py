@@ -167,7 +167,7 @@ def test_stock_weights_fit_to_the_fields_channels():
     """First conv rebuilt for 5 channels, classifier dropped, stock RGB kernels shared out."""
     import torch
 
-    from raymmi.images._embed import adapt_input_conv, adapt_state_dict, drop_classifier
+    from raymmi.images import adapt_input_conv, adapt_state_dict, drop_classifier
 
     torch.manual_seed(0)
     stock = _stand_in(3)
