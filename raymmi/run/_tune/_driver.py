@@ -25,6 +25,12 @@ store created by several trials at once fails), one nested run per trial (tagged
 client per process, :mod:`raymmi.track`), and on the parent the results table, the best
 config as YAML, a heatmap of the metric over two parameters and a parallel-coordinates plot.
 
+``--pack K``: random and grid searches form their packs up front (:func:`_packs`, grouped by
+architecture) and Tune grid-searches the pack indices; ``--search optuna`` asks each pack's K
+configurations from one Optuna study when the pack starts and tells each its own result when it
+ends (:mod:`raymmi.run._tune._packsearch`; the keys that change the architecture are asked once
+per pack).
+
 ``resume=True`` continues an interrupted search from Ray Tune's experiment state under
 ``OUT/tune``: finished trials keep their results (a trial whose training had finished replays
 its saved reports instead of training again), unfinished ones restart and their training
