@@ -2,6 +2,7 @@
 
     python jobs/bench_models.py [--seeds 5] [--data CELLS_SET --label-key cell_type]
         [--umint-src /tmp/umint-src --umint-python /tmp/tfvenv/bin/python]
+        [--umint-config OUT/best.yaml]
         [--sailerx-src /tmp/sailerx-src --sailerx-python PY] [--smoke-test]
 
 Two tables, every embedding scored by the same code (``raymmi.metrics``):
@@ -236,6 +237,8 @@ def bench_cite(args: argparse.Namespace, root: Path) -> None:
                     secs,
                 )
             )
+    if args.umint_config:
+        rows.append(tuned_umint(args.umint_config, path, seeds, k))
     both = pca(np.concatenate([rna, adt], axis=1))
     rows.append(
         ("PCA-50 RNA+ADT (protocol inputs)", seed_rows([both], protocol_labels, seeds, k), None)
@@ -248,6 +251,22 @@ def bench_cite(args: argparse.Namespace, root: Path) -> None:
         f"k = {k}; mean ± sd over seeds {seeds}",
         rows,
     )
+
+
+def tuned_umint(
+    config: str, path: str, seeds: Sequence[int], k: int
+) -> tuple[str, dict[str, list[float]], list[float]]:
+    """UMINT trained at a config file's ``model`` / ``optim`` (``raymmi tune``'s best.yaml)."""
+    from raymmi.config import load_yaml
+
+    tree = load_yaml(config)
+    model = dict(tree.get("model") or {})
+    optim = {k: v for k, v in (tree.get("optim") or {}).items() if k != "seed"}
+    extra = {"val_fraction": tree["val_fraction"]} if "val_fraction" in tree else {}
+    decoded = decode(path, "umint", "cell_type", model)
+    runs = [train_embed(decoded, seed=s, model=model, optim=optim, **extra) for s in seeds]
+    scores = seed_rows([e for e, _ in runs], labels_of(decoded), seeds, k)
+    return f"raymmi umint ({Path(config).name})", scores, [t for _, t in runs]
 
 
 def multiome_set(root: Path, n_cells: int, n_peaks: int) -> str:
@@ -329,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override UMINT/AE epochs")
     parser.add_argument("--umint-src", default=None, help="checkout of deeplearner87/UMINT")
     parser.add_argument("--umint-python", default="python3", help="its interpreter (TensorFlow)")
+    parser.add_argument(
+        "--umint-config",
+        default=None,
+        help="also UMINT at this config's model/optim (e.g. a raymmi tune OUT/best.yaml)",
+    )
     parser.add_argument("--sailerx-src", default=None, help="checkout of uci-cbcl/SAILERX")
     parser.add_argument("--sailerx-python", default=sys.executable)
     parser.add_argument("--sailerx-seeds", type=int, default=1)

@@ -9,7 +9,8 @@
        in-process trials; `--train-trials` of them),
    (c) in-process trials (the default path: one worker, the loop in the trial's process),
    (d) packed trials, `--pack 8` and `--pack 32` (members of one stacked model; a member's
-       wall is its pack's wall divided by its members).
+       wall is its pack's wall divided by its members), and `--pack 8 --search optuna` (K
+       configurations a pack asked from one Optuna study).
    (b)-(d) train the same UMINT configurations (a grid over alpha x lr x lambda_2) on the
    same cells, grid search, no early stopping; the baseline of the ratios is (b).
 2. On a small SAILERX space (gamma x lambda, a 5 x 3 grid, log-spaced), the exhaustive grid
@@ -24,6 +25,7 @@ Runs on a local Ray of `--num-cpus` (default 2) CPUs. Prints the tables and `upt
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -183,6 +185,7 @@ def _umint_row(
     ray_train: bool = False,
     pack: int = 1,
     limit: int | None = None,
+    search: str = "grid",
 ) -> dict[str, Any]:
     from raymmi.config import OptimConfig, TrackingConfig, TrainConfig
     from raymmi.run import tune
@@ -193,7 +196,7 @@ def _umint_row(
         space["model.lambdas.1"] = {"grid": space["model.lambdas.1"]["grid"][:1]}
         space["optim.lr"] = {"grid": space["optim.lr"]["grid"][:1]}
         space["model.alpha"] = {"grid": space["model.alpha"]["grid"][:limit]}
-    name = kind.split()[0].lower() + str(pack)
+    name = kind.split()[0].lower() + str(pack) + ("-optuna" if search == "optuna" else "")
     path = root / f"umint-{name}.yaml"
     path.write_text(yaml.safe_dump(space))
     settings = TuneConfig(
@@ -201,7 +204,9 @@ def _umint_row(
         out=str(root / f"umint-{name}"),
         metric="val_ari",
         mode="max",
-        search="grid",
+        search=search,
+        # optuna: as many configurations as the grid has, TPE's choice among its values
+        trials=math.prod(len(v["grid"]) for v in space.values()) if search == "optuna" else None,
         scheduler="none",
         name=f"bench-umint-{name}",
         pack=pack,
@@ -297,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         ("in-process trials", {}),
         ("packed trials K=8", {"pack": 8}),
         ("packed trials K=32", {"pack": 32}),
+        ("packed optuna trials K=8", {"pack": 8, "search": "optuna"}),
     ):
         overhead.append(_umint_row(kind, data, root, umint_space, args.epochs, **settings))
     grid, grid_wall = _search(

@@ -305,7 +305,7 @@ def test_bad_input_is_refused_before_any_trial(multiome, tmp_path, capsys):
     assert "more than any node has (the largest has 2)" in run(
         ok, *metric, "--cpus-per-trial", "64"
     )
-    assert "use --search random or --search grid with --pack" in run(ok, *metric, "--pack", "4")
+    assert "cannot run with --workers > 1" in run(ok, *metric, "--pack", "4", "--workers", "2")
     assert "scored once after training" in run(
         ok, "--metric", "ari", "--mode", "max", "--label-key", "cell_type"
     )
@@ -448,3 +448,53 @@ def test_packed_search_gives_every_member_its_row_and_run(multiome, tmp_path, ca
     assert len(mlflow.MlflowClient().get_metric_history(run_id, "val_ari")) == 3
     tree = load_yaml(out / "best.yaml")
     assert from_dict(TrainConfig, {**tree, "out": str(tmp_path / "retrain")}).model_name == "umint"
+
+
+@pytest.mark.slow
+def test_optuna_packed_search_asks_k_configurations_of_one_architecture(multiome, tmp_path, capsys):
+    """--search optuna --pack 3: 6 configurations x 2 seeds asked in 2 packs (~25 s)."""
+    from raymmi.cli import main
+
+    space = _space(
+        tmp_path,
+        {
+            "model.widths": {"choice": [[16, 8], [8, 4]]},
+            "model.alpha": {"loguniform": [1e-5, 1e-2]},
+            "optim.lr": {"loguniform": [1e-3, 1e-2]},
+        },
+    )
+    out = tmp_path / "optuna-packed"
+    args = [
+        "tune", "umint", "--data", multiome, "--out", str(out), "--space", space,
+        "--metric", "val_ari", "--mode", "max", "--label-key", "cell_type",
+        "--search", "optuna", "--scheduler", "asha", "--reduction-factor", "2",
+        "--trials", "6", "--epochs", "3", "--seeds", "2", "--pack", "3",
+        "--set", f"model={json.dumps(UMINT)}", "--set", "impute=false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "6 configurations x 2 seed(s) asked from one Optuna study in 2 pack(s)" in printed
+    assert "model.widths change(s) the architecture" in printed
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 12 and trials["pack"].nunique() == 2
+    assert (trials["status"] == "stopped").sum() >= 1 and (trials["status"] == "error").sum() == 0
+    for _, group in trials.groupby("pack"):  # one architecture per pack, its seeds apart
+        assert group["model.widths"].nunique() == 1 and group["config_id"].nunique() == 3
+        assert sorted(group["seed"].value_counts()) == [3, 3]
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 6 and (results["seeds"] == 2).all()
+    assert results["model.alpha"].nunique() == 6  # TPE's own values beside the shared width
+    saved = json.loads((out / "search.json").read_text())
+    children = _children(saved["parent_run_id"])
+    assert set(children["tags.raymmi.trial_id"]) == set(trials["trial_id"])
+    tree = load_yaml(out / "best.yaml")
+    assert from_dict(TrainConfig, {**tree, "out": str(tmp_path / "retrain")}).model_name == "umint"
+    # every configuration was told its result: the study holds 6 finished Optuna trials
+    [state] = (out / "tune").glob("*/searcher-state-*.pkl")
+    import pickle
+
+    study = pickle.loads(state.read_bytes())["study"]
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 6
+    # run again with --resume: the finished search trains nothing
+    assert main([*args, "--resume"]) == 0
+    assert "had already finished" in capsys.readouterr().out

@@ -25,6 +25,12 @@ store created by several trials at once fails), one nested run per trial (tagged
 client per process, :mod:`raymmi.track`), and on the parent the results table, the best
 config as YAML, a heatmap of the metric over two parameters and a parallel-coordinates plot.
 
+``--pack K``: random and grid searches form their packs up front (:func:`_packs`, grouped by
+architecture) and Tune grid-searches the pack indices; ``--search optuna`` asks each pack's K
+configurations from one Optuna study when the pack starts and tells each its own result when it
+ends (:mod:`raymmi.run._tune._packsearch`; the keys that change the architecture are asked once
+per pack).
+
 ``resume=True`` continues an interrupted search from Ray Tune's experiment state under
 ``OUT/tune``: finished trials keep their results (a trial whose training had finished replays
 its saved reports instead of training again), unfinished ones restart and their training
@@ -420,8 +426,13 @@ def tune(
             mode=config.mode,
         )
         packs: list[list[dict[str, Any]]] = []
-        if config.pack > 1:
+        packed = config.pack > 1
+        pack_search: Any = None
+        if packed and config.search == "optuna":
+            pack_search, pack_notes = _pack_search(config, space, setup, trials)
+        elif packed:
             packs, pack_notes = _packs(config, space, setup, trials)
+        if packed:
             notes += pack_notes
             for note in pack_notes:
                 print(f"raymmi tune: {note}", flush=True)
@@ -449,7 +460,7 @@ def tune(
             print(f"raymmi tune: resuming {experiment}", flush=True)
         else:
             scheduler = None
-            if config.scheduler == "asha" and not packs:  # packs stop their members themselves
+            if config.scheduler == "asha" and not packed:  # packs stop their members themselves
                 scheduler = ASHAScheduler(
                     time_attr="epochs_done",
                     max_t=epochs,
@@ -458,7 +469,10 @@ def tune(
                     stop_last_trials=False,
                 )
             search_alg, param_space, samples = _searcher(config, space, trials)
-            if packs:
+            if pack_search is not None:
+                search_alg, param_space = pack_search, {}
+                samples = math.ceil(trials / config.pack)
+            elif packed:
                 search_alg, samples = None, 1
                 param_space = {"pack": ray_tune.grid_search(list(range(len(packs))))}
             tuner = ray_tune.Tuner(
@@ -489,7 +503,7 @@ def tune(
         clock = next((c for c in _live_callbacks(tuner) if hasattr(c, "times")), None)
         reaper = next((c for c in _live_callbacks(tuner) if hasattr(c, "removed")), None)
         times = clock.times if clock is not None else {}
-        if packs:
+        if packed:
             ids = [Path(r.path).name.removeprefix("trial_") for r in grid if r.path]
             rows = member_rows(out, ids, space.keys, config.metric)
             failed = [r for r in grid if r.error is not None]
@@ -596,6 +610,44 @@ def _packs(
         )
     ]
     return packs, notes
+
+
+def _pack_search(
+    config: TuneConfig, space: SearchSpace, setup: _Setup, trials: int
+) -> tuple[Any, list[str]]:
+    """The searcher of ``--search optuna --pack K`` (ask-and-tell, K configurations a pack)."""
+    from raymmi.run._tune._packsearch import PackSearch, shared_dims
+
+    if not verbose():
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shared = shared_dims(space, setup)
+    searcher = PackSearch(
+        {d.key: _optuna_distribution(d) for d in space.dims},
+        space.dims,
+        shared,
+        size=config.pack,
+        configs=trials,
+        seeds=config.seeds,
+        first_seed=int(setup.base["optim"].get("seed", 0)),
+        seed=config.seed,
+        metric=config.metric,
+        mode=config.mode,
+        out=setup.out,
+    )
+    packs = math.ceil(trials / config.pack)
+    note = (
+        f"--pack {config.pack} --search optuna: {trials} configurations x {config.seeds} "
+        f"seed(s) asked from one Optuna study in {packs} pack(s) of up to {config.pack}"
+        + (
+            f"; {', '.join(shared)} change(s) the architecture: fixed within a pack at its "
+            "first configuration's value"
+            if shared
+            else ""
+        )
+    )
+    return searcher, [note]
 
 
 def _trial_resources(config: TuneConfig, trials: int) -> TrialResources:

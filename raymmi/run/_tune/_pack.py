@@ -288,7 +288,14 @@ def member_plans(
 def _run_pack_trial(
     config: dict[str, Any], setup: Any, data: TrialData, packs: Sequence[Sequence[dict]]
 ) -> None:
-    """Train one pack (``config["pack"]`` indexes ``packs``); write ``pack.json`` last."""
+    """Train one pack; write ``pack.json`` last.
+
+    ``config["pack"]`` indexes ``packs`` (random / grid searches, packs formed up front);
+    ``config["members"]`` lists the members themselves (``--search optuna``: one pack's
+    configurations x seeds asked by :class:`~raymmi.run._tune._packsearch.PackSearch`). Members
+    whose pack keys differ (the seeds of one configuration) train as separate stacked models,
+    one after another.
+    """
     from ray import tune
 
     from raymmi import track
@@ -302,19 +309,33 @@ def _run_pack_trial(
         return
     started = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    plans, members, trees = member_plans(setup, packs[int(config["pack"])])
+    entries = config["members"] if "members" in config else packs[int(config["pack"])]
+    plans, members, trees = member_plans(setup, entries)
     rungs = setup.rungs
     epochs = int(plans[0].optim["epochs"])
+    groups: dict[Any, list[int]] = {}
+    for i, plan in enumerate(plans):
+        groups.setdefault(pack_key(plan), []).append(i)
 
     def best(group: Sequence[Member]) -> float:
         values = [m.history[-1].get(setup.metric, math.nan) for m in group if m.history]
         finite = [v for v in values if math.isfinite(v)] or [math.nan]
         return max(finite) if setup.mode == "max" else min(finite)
 
-    def report(epoch: int, active: list[Member]) -> None:
-        tune.report({"epochs_done": epoch + 1, setup.metric: best(active), "members": len(active)})
+    for g, group in enumerate(groups.values()):
 
-    members, _ = train_pack(plans, members, data, rungs=rungs, device=setup.device, report=report)
+        def report(epoch: int, active: list[Member], g: int = g) -> None:
+            done = g * epochs + epoch + 1
+            tune.report({"epochs_done": done, setup.metric: best(active), "members": len(active)})
+
+        train_pack(
+            [plans[i] for i in group],
+            [members[i] for i in group],
+            data,
+            rungs=rungs,
+            device=setup.device,
+            report=report,
+        )
     wall = time.perf_counter() - started
     uri = setup.tracking.uri if setup.tracking.enabled else None
     rows = []
@@ -363,7 +384,7 @@ def _run_pack_trial(
                 "epoch_seconds": sum(h.get("epoch_seconds", 0.0) for h in member.history),
             }
         )
-    last = {"epochs_done": epochs, setup.metric: best(members)}
+    last = {"epochs_done": len(groups) * epochs, setup.metric: best(members)}
     saved = {"members": rows, "report": last, "wall_seconds": wall, "mlflow_seconds": logged}
     tmp = folder / "pack.json.tmp"
     tmp.write_text(json.dumps(saved, default=float))
@@ -416,10 +437,4 @@ def check_pack(config: Any, in_process: bool) -> None:
         return
     if not in_process:
         msg = "--pack trains one-worker trials in one process: it cannot run with --workers > 1"
-        raise RaymmiError(msg)
-    if config.search == "optuna":
-        msg = (
-            "--pack K needs its K configurations up front; Optuna's TPE suggests one at a time "
-            "from the results so far: use --search random or --search grid with --pack"
-        )
         raise RaymmiError(msg)
