@@ -165,5 +165,5 @@ class PackSearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)  # noqa: S301 - the search's own checkpoint under OUT/tune
+            state = pickle.load(f)
         self.study, self.asked, self.open = state["study"], state["asked"], state["open"]
