@@ -43,3 +43,12 @@ def ray_session():
     init_ray(RayConfig(num_cpus=2, object_store_mb=512))
     yield ray
     ray.shutdown()
+
+
+def imports(module: str) -> bool:
+    """Whether ``module`` imports here (PyPI's torchvision fails beside torch 2.13.0+cpu)."""
+    try:
+        __import__(module)
+    except Exception:
+        return False
+    return True

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import imports
 
 from raymmi.cli import main
 from raymmi.io import open_shard_set
@@ -233,15 +234,7 @@ def test_embed_random_weights_through_actor_pool(fields, tmp_path):
     assert len(table) > 5 and np.isfinite(table[dims].to_numpy()).all()
 
 
-def _imports(module: str) -> bool:
-    try:
-        __import__(module)
-    except Exception:  # PyPI's torchvision fails to load its ops beside torch 2.13.0+cpu
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _imports("torchvision"), reason="torchvision does not import here")
+@pytest.mark.skipif(not imports("torchvision"), reason="torchvision does not import here")
 def test_embed_torchvision_architecture_through_the_stage(fields, tmp_path):
     out = tmp_path / "emb"
     argv = ["ingest", "images", str(fields), "--out", str(out), "--nuclei-channel", "DNA"]
@@ -256,7 +249,7 @@ def test_embed_torchvision_architecture_through_the_stage(fields, tmp_path):
 def test_embed_unknown_or_unavailable_architecture(fields, tmp_path, capsys):
     msg = _bad(tmp_path, capsys, fields, "--embed", "resnet18", "--weights", "random")
     assert "torchvision:<name> or timm:<name>" in msg
-    if not _imports("timm"):
+    if not imports("timm"):
         msg = _bad(tmp_path, capsys, fields, "--embed", "timm:resnet18", "--weights", "random")
         assert "needs timm" in msg and "pip install torch==2.14.1" in msg
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import imports
 
 from raymmi import testing
 from raymmi.images import (
@@ -126,14 +127,6 @@ def test_crops_and_embedder(tmp_path):
         CropEmbedder(model="cnn-small", weights="random", channels=("DNA",), crop_size=16)
 
 
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except Exception:  # PyPI's torchvision fails to load its ops beside torch 2.13.0+cpu
-        return False
-    return True
-
-
 def test_architecture_names_and_missing_libraries():
     from raymmi.images import embedding_dim, parse_architecture
 
@@ -145,7 +138,7 @@ def test_architecture_names_and_missing_libraries():
             parse_architecture(bad)
     assert embedding_dim("cnn-small") == 128
     for library in ("torchvision", "timm"):
-        if not _has(library):
+        if not imports(library):
             with pytest.raises(ValueError, match=r"pip install torch==2\.14\.1 torchvision"):
                 embedding_dim(f"{library}:resnet18", in_channels=3)
 
@@ -189,7 +182,7 @@ def test_stock_weights_fit_to_the_fields_channels():
         drop_classifier(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
 
 
-@pytest.mark.skipif(not _has("torchvision"), reason="torchvision does not import here")
+@pytest.mark.skipif(not imports("torchvision"), reason="torchvision does not import here")
 @pytest.mark.parametrize("model", ["torchvision:resnet18", "timm:resnet18"])
 def test_library_architectures_embed_crops(model, tmp_path):
     """torchvision / timm ResNet-18 on 5-channel crops, from stock 3-channel weight files."""
@@ -199,7 +192,7 @@ def test_library_architectures_embed_crops(model, tmp_path):
 
     library, name = model.split(":")
     if library == "timm":
-        if not _has("timm"):
+        if not imports("timm"):
             pytest.skip("timm is not installed")
         import timm
 
