@@ -4,9 +4,9 @@ The user's path (``ingest cells`` -> ``preprocess cells`` at defaults) and ``ray
 loop (``fit_epochs``, here in-process) at UMINT's defaults; k-means and Ward with k = 41 on the
 embedding. The original Keras code on its own inputs scores k-means / Ward ARI 0.454 / 0.460
 (5 seeds, ``jobs/bench_models.py --umint-src``); raymmi's old defaults (25 epochs, weights 1)
-0.437 / 0.440, its defaults 0.483 / 0.483 (``--causes``). Two seeds here, to stay fast: seeds
-0 and 1 measured 0.491 / 0.475 at the defaults and 0.425 / 0.422 at the old ones, so the
-thresholds below fail on the old defaults.
+0.437 / 0.440, its defaults 0.483 / 0.483 (``--causes``). Five seeds here, as the issue asks:
+seeds 0-4 measured 0.491 / 0.481 at the defaults (two seeds, 0.448 / 0.477 on CI's machine, were
+too few for a 0.45 line); the old defaults on seeds 0 and 1 fall short of the defaults' Ward.
 """
 
 from __future__ import annotations
@@ -48,10 +48,11 @@ def _train_and_score(path: str, *, seed: int, model: dict, optim: dict) -> dict[
 
 @pytest.mark.slow
 def test_umint_defaults_reach_the_original_on_the_cite_starter(cite_cells):
-    runs = [_train_and_score(cite_cells, seed=s, model={}, optim={}) for s in (0, 1)]
+    runs = [_train_and_score(cite_cells, seed=s, model={}, optim={}) for s in range(5)]
     kmeans = np.mean([r["kmeans_ari"] for r in runs])
     ward = np.mean([r["ward_ari"] for r in runs])
-    assert kmeans >= 0.45 and ward >= 0.46, (kmeans, ward)
+    print(f"UMINT defaults, 5 seeds: k-means ARI {kmeans:.3f}, Ward {ward:.3f}")
+    assert kmeans >= 0.45 and ward >= 0.47, (kmeans, ward)
     # the old defaults (the reference's 25 epochs, weights 1) fall short on the same seeds
     old = [
         _train_and_score(cite_cells, seed=s, model={"lambdas": [1.0, 1.0]}, optim={"epochs": 25})
