@@ -72,7 +72,7 @@ def _train(batch: dict[str, torch.Tensor]) -> np.ndarray:
     )
     rng = np.random.default_rng(0)
     n, size = len(batch["rna_hvg"]), optim["batch_size"]
-    for epoch in range(optim["epochs"]):
+    for _epoch in range(optim["epochs"]):
         model.train()
         order = torch.from_numpy(rng.permutation(n))
         for start in range(0, n, size):
