@@ -407,6 +407,24 @@ def test_a_packed_member_trains_as_it_would_alone_and_a_diverging_one_fails(mult
     assert sorted(len(m.history) for m in members) == [1, 3]
 
 
+def test_asha_rungs_shared_by_packs_stop_a_whole_weak_pack(tmp_path):
+    """The rung record across packs: ASHA's cutoff over every pack's values at the rung."""
+    from raymmi.run._tune._pack import Rungs
+
+    rungs = Rungs(grace=1, eta=2, max_t=4, metric="val_loss", mode="min", record=str(tmp_path))
+    assert rungs.recorded_survivors(1, [3.0, 1.0]) == [1]  # the first pack: its own median
+    assert rungs.recorded_survivors(1, [2.5, 0.5]) == [1]  # median of 4 values: 1.75
+    assert rungs.recorded_survivors(1, [5.0, math.nan]) == []  # a weak pack stops whole
+    assert rungs.recorded_survivors(2, [9.0]) == [0]  # each rung has its own record
+    assert rungs.recorded_survivors(3, [1.0, 2.0], ["a:0", "b:0"]) == [0]
+    assert rungs.recorded_survivors(3, [1.0, 2.0], ["a:0", "b:0"]) == [0]  # a rerun replaces
+    assert json.loads((tmp_path / "rung_3.json").read_text()) == {"a:0": 1.0, "b:0": 2.0}
+    record = str(tmp_path / "m")
+    again = Rungs(grace=1, eta=2, max_t=4, metric="val_ari", mode="max", record=record)
+    assert again.recorded_survivors(1, [0.2, 0.4, 0.6]) == [1, 2]  # at or past the cutoff
+    assert (tmp_path / "rung_1.json").exists()  # a --resume reads the same record
+
+
 @pytest.mark.slow
 def test_packed_search_gives_every_member_its_row_and_run(multiome, tmp_path, capsys):
     from raymmi.cli import main
@@ -451,7 +469,9 @@ def test_packed_search_gives_every_member_its_row_and_run(multiome, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_optuna_packed_search_asks_k_configurations_of_one_architecture(multiome, tmp_path, capsys):
+def test_optuna_packed_search_asks_k_configurations_of_one_architecture(
+    multiome, tmp_path, capsys
+):
     """--search optuna --pack 3: 6 configurations x 2 seeds asked in 2 packs (~25 s)."""
     from raymmi.cli import main
 

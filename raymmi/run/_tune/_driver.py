@@ -419,6 +419,8 @@ def tune(
                 epochs,
                 config.metric,
                 config.mode,
+                # one record of every pack's rung values (ASHA across packs), kept on --resume
+                record=str(out / "tune" / "rungs") if config.pack > 1 else None,
             )
             if config.scheduler == "asha"
             else None,

@@ -8,19 +8,26 @@ as an in-process trial of each member), and is the Tune function trainable of a 
 ``trials.csv`` / ``results.csv`` and its own nested MLflow run with per-epoch metrics.
 
 Early stopping applies per member: at every ASHA rung (``grace_period * reduction_factor**k``
-epochs) the members still training are ranked by the metric and only the best
-``1/reduction_factor`` go on (ASHA's rung rule, applied to the members of the pack, which reach
-each rung together); stopped members leave the stacked model. A member whose loss is no
-longer finite fails (its row names the configuration and the epoch), the others go on.
+epochs) a member goes on only if its metric is in the best ``1/reduction_factor`` of every value
+recorded at that rung so far -- by the members of this pack *and* of every pack before it
+(ASHA's asynchronous rung rule, the cutoff Ray's ``ASHAScheduler`` computes). The record is one
+JSON file per rung under ``OUT/tune/rungs/``, appended under a file lock, so packs running at
+once on a node (or on nodes sharing ``OUT``) see each other's values and a ``--resume`` keeps
+them. Without the shared record every pack would keep its own best member to the last epoch,
+and a search's cost would grow with its number of packs, not with ASHA's budget. Stopped
+members leave the stacked model. A member whose loss is no longer finite fails (its row names
+the configuration and the epoch), the others go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +57,18 @@ class Member:
 
 @dataclasses.dataclass
 class Rungs:
-    """ASHA's rungs over ``epochs_done``: ``grace * eta**k`` below ``max_t``."""
+    """ASHA's rungs over ``epochs_done``: ``grace * eta**k`` below ``max_t``.
+
+    ``record``: a folder holding the values every pack reported at each rung (``None``: the
+    members of one pack are ranked among themselves only, :meth:`survivors`).
+    """
 
     grace: int
     eta: int
     max_t: int
     metric: str
     mode: str
+    record: str | None = None
 
     def at(self) -> set[int]:
         out, t = set(), self.grace
@@ -76,6 +88,52 @@ class Rungs:
         if self.mode == "max":
             return [i for v, i in finite if v >= cutoff]
         return [i for v, i in finite if v <= cutoff]
+
+    def recorded_survivors(
+        self, rung: int, values: Sequence[float], keys: Sequence[str] | None = None
+    ) -> list[int]:
+        """Positions that go on against every value recorded at ``rung``, these included.
+
+        ASHA's cutoff: the ``1 - 1/eta`` quantile of the recorded values (``1/eta`` when
+        minimizing); a value at or past it goes on, NaN never. ``keys`` name the values in the
+        record (a member's configuration and seed), so a pack rerun after an interruption
+        replaces its values instead of counting them twice. Without a record, the pack's own
+        ranking (:meth:`survivors`).
+        """
+        if self.record is None:
+            return self.survivors(values)
+        keys = list(keys) if keys is not None else [f"#{i}" for i in range(len(values))]
+        folder = Path(self.record)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"rung_{rung}.json"
+        with _locked(folder / ".lock"):
+            seen = json.loads(path.read_text()) if path.exists() else {}
+            if keys and keys[0].startswith("#"):  # unnamed values: never replace each other
+                keys = [f"#{len(seen) + i}" for i in range(len(values))]
+            seen.update(
+                {k: float(v) for k, v in zip(keys, values, strict=True) if math.isfinite(v)}
+            )
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(seen))
+            tmp.replace(path)
+        if not seen:
+            return []
+        q = 1 - 1 / self.eta if self.mode == "max" else 1 / self.eta
+        cutoff = float(np.quantile(np.asarray(list(seen.values())), q))
+        if self.mode == "max":
+            return [i for i, v in enumerate(values) if math.isfinite(v) and v >= cutoff]
+        return [i for i, v in enumerate(values) if math.isfinite(v) and v <= cutoff]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` while the block runs (packs of one search share it)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def pack_key(plan: TrainPlan) -> tuple[Any, ...]:
@@ -245,7 +303,8 @@ def train_pack(
                 keep.append(j)
         if rungs is not None and epoch + 1 in rung_epochs and keep:
             values = [members[active[j]].history[-1].get(rungs.metric, math.nan) for j in keep]
-            going = {keep[p] for p in rungs.survivors(values)}
+            names = [f"{members[active[j]].config_id}:{members[active[j]].seed}" for j in keep]
+            going = {keep[p] for p in rungs.recorded_survivors(epoch + 1, values, names)}
             for j in keep:
                 if j not in going:
                     members[active[j]].status = "stopped"
