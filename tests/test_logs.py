@@ -78,3 +78,7 @@ def test_a_search_prints_a_line_per_ended_trial():
         "  trial 3 (ab12) ended after 2 epochs: val_ari=0.4123"
     )
     assert trial_line(1, "x", "failed", {}, "val_ari") == "  trial 1 (x) failed"
+    pack = {"val_ari": 0.5, "epochs_done": 9, "members_completed": 0.0, "members_stopped": 8.0}
+    assert trial_line(2, "p", "ended", pack, "val_ari") == (
+        "  trial 2 (p) ended (members: 8 stopped; the longest trained 9 epochs): best val_ari=0.5"
+    )

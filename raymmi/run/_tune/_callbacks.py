@@ -21,9 +21,9 @@ def reap_orphaned_placement_groups() -> int:
     A trial that ASHA stops is killed with its Train controller, but the Train workers'
     placement group outlives them: Train V2 hands its removal to a helper that needs the
     dashboard's state API, and without it the CPUs stay reserved and later trials wait forever
-    (raymmi/run/README.md, "Ray Tune"). A placement group created by an actor that has died is reachable
-    by nobody, so removing it is safe. Reads the GCS table through Ray's private state accessor
-    (no public API gives the creator): only on the Ray versions it was checked on.
+    (raymmi/run/README.md, "Ray Tune"). A placement group created by an actor that has died is
+    reachable by nobody, so removing it is safe. Reads the GCS table through Ray's private state
+    accessor (no public API gives the creator): only on the Ray versions it was checked on.
     """
     import ray
 
@@ -57,6 +57,14 @@ def trial_line(done: int, trial_id: str, status: str, result: dict[str, Any], me
     shown = f" {metric}={value:.4g}" if isinstance(value, int | float) else ""
     epochs = result.get("epochs_done")
     after = f" after {int(epochs)} epoch{'s' if epochs != 1 else ''}" if epochs else ""
+    if "members_completed" in result:  # a pack: how its members ended, its best member's metric
+        counts = ", ".join(
+            f"{int(result[f'members_{k}'])} {k}"
+            for k in ("completed", "stopped", "error")
+            if result.get(f"members_{k}")
+        )
+        after = f" (members: {counts}; the longest trained {int(epochs or 0)} epochs)"
+        shown = f" best {shown.strip()}" if shown else ""
     return f"  trial {done} ({trial_id}) {status}{after}:{shown}".rstrip(":")
 
 

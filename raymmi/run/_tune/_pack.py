@@ -443,7 +443,12 @@ def _run_pack_trial(
                 "epoch_seconds": sum(h.get("epoch_seconds", 0.0) for h in member.history),
             }
         )
-    last = {"epochs_done": len(groups) * epochs, setup.metric: best(members)}
+    counts = {k: sum(m.status == k for m in members) for k in ("completed", "stopped", "error")}
+    last = {
+        "epochs_done": max((len(m.history) for m in members), default=0),
+        setup.metric: best(members),
+        **{f"members_{k}": float(v) for k, v in counts.items()},
+    }
     saved = {"members": rows, "report": last, "wall_seconds": wall, "mlflow_seconds": logged}
     tmp = folder / "pack.json.tmp"
     tmp.write_text(json.dumps(saved, default=float))
