@@ -518,3 +518,59 @@ def test_optuna_packed_search_asks_k_configurations_of_one_architecture(
     # run again with --resume: the finished search trains nothing
     assert main([*args, "--resume"]) == 0
     assert "had already finished" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_an_interrupted_packed_search_is_not_taken_for_finished(multiome, tmp_path):
+    """Ctrl-C after the first of 4 packs: exit non-zero, no best.yaml; --resume asks the rest."""
+    import pickle
+
+    import ray
+
+    from raymmi.cli import main
+
+    space = _space(
+        tmp_path,
+        {"model.alpha": {"loguniform": [1e-5, 1e-2]}, "optim.lr": {"loguniform": [1e-3, 1e-2]}},
+    )
+    out = tmp_path / "interrupted"
+    args = [
+        "tune", "umint", "--data", multiome, "--out", str(out), "--space", space,
+        "--metric", "val_ari", "--mode", "max", "--label-key", "cell_type",
+        "--search", "optuna", "--scheduler", "none", "--max-concurrent", "1",
+        "--trials", "8", "--epochs", "2", "--pack", "2", "--no-track",
+        "--set", f"model={json.dumps(UMINT)}", "--set", "impute=false",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "raymmi.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not list(out.glob("trials/*/pack.json")):
+            assert driver.poll() is None, "the search ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no pack finished in time"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends: Tune stops and saves its state
+        code = driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    packs_done = len(list(out.glob("trials/*/pack.json")))
+    assert code != 0 and packs_done < 4, "the interrupt came too late to test anything"
+    assert not (out / "best.yaml").exists() and not (out / "results.csv").exists()
+    time.sleep(3)  # Ray frees the interrupted driver's trial resources
+    assert main([*args, "--resume"]) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 8 and trials["config_id"].nunique() == 8
+    assert (trials["status"] == "completed").all()
+    # the restored study went on from where it stopped: 8 configurations asked, each told once
+    # one state file per run of the driver, named by its start time: the resumed run's is last
+    state = sorted((out / "tune").glob("*/searcher-state-*.pkl"))[-1]
+    study = pickle.loads(state.read_bytes())["study"]
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 8

@@ -514,10 +514,18 @@ def tune(
                 raise RaymmiError(msg)
         else:
             rows = _collect(grid, setup, space, config.metric, times)
-        if grid.num_terminated + grid.num_errors < len(grid):
+        # Tune hands back only the trials it started: a search stopped early (Ctrl-C, a
+        # SIGTERM) returns normally with fewer trials than it was asked for
+        expected = (
+            (len(packs) or math.ceil(trials / config.pack)) if packed else trials * config.seeds
+        )
+        unfinished = (
+            max(expected - len(grid), 0) + len(grid) - grid.num_terminated - grid.num_errors
+        )
+        if unfinished > 0:
             msg = (
-                f"the search stopped with {len(grid) - grid.num_terminated - grid.num_errors} "
-                f"trial(s) unfinished; continue it with --resume (same --out {str(out)!r})"
+                f"the search stopped with {unfinished} of its {expected} trial(s) unfinished; "
+                f"continue it with --resume (same --out {str(out)!r})"
             )
             raise RaymmiError(msg)
         trials_frame = trial_table(rows, space, config.metric)
