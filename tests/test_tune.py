@@ -54,6 +54,20 @@ def _space(tmp_path: Path, data: dict) -> str:
     return str(path)
 
 
+def _driver_process(args: list[str]) -> subprocess.Popen:
+    """``raymmi ARGS`` in its own process group, on this session's Ray, output discarded."""
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    return subprocess.Popen(
+        [sys.executable, "-m", "raymmi.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def _children(parent_run_id: str) -> pd.DataFrame:
     import mlflow
 
@@ -184,7 +198,6 @@ def _cli_args(multiome: str, out: Path, space: str, *extra: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_killed_search_resumes_without_rerunning_finished_trials(multiome, tmp_path):
-    import ray
 
     from raymmi.cli import main
 
@@ -195,14 +208,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(multiome, tmp_p
     args = _cli_args(multiome, out, space)
     # the search's driver in its own process on this session's Ray, killed once two trials
     # have finished training
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "raymmi.cli", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    driver = _driver_process(args)
     deadline = time.monotonic() + 240
     try:
         while len(list(out.glob("trials/*/trial.json"))) < 2:
@@ -525,8 +531,6 @@ def test_an_interrupted_packed_search_is_not_taken_for_finished(multiome, tmp_pa
     """Ctrl-C after the first of 4 packs: exit non-zero, no best.yaml; --resume asks the rest."""
     import pickle
 
-    import ray
-
     from raymmi.cli import main
 
     space = _space(
@@ -541,14 +545,7 @@ def test_an_interrupted_packed_search_is_not_taken_for_finished(multiome, tmp_pa
         "--trials", "8", "--epochs", "2", "--pack", "2", "--no-track",
         "--set", f"model={json.dumps(UMINT)}", "--set", "impute=false",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "raymmi.cli", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    driver = _driver_process(args)
     deadline = time.monotonic() + 240
     try:
         while not list(out.glob("trials/*/pack.json")):
