@@ -315,6 +315,11 @@ def test_bad_input_is_refused_before_any_trial(multiome, tmp_path, capsys):
     assert "scored once after training" in run(
         ok, "--metric", "ari", "--mode", "max", "--label-key", "cell_type"
     )
+    label = ["--mode", "max", "--label-key", "cell_type"]
+    err = run(ok, "--metric", "all_ari", *label, "--workers", "2")
+    assert "scores every cell in one-worker (in-process) trials" in err and "val_ari" in err
+    err = run(ok, "--metric", "all_ari", *label, "--trial-embeddings")
+    assert "scores every cell in in-process trials" in err and "--trial-embeddings" in err
 
 
 @pytest.mark.slow
@@ -374,6 +379,8 @@ def test_a_packed_member_trains_as_it_would_alone_and_a_diverging_one_fails(mult
 
     from raymmi.run._train._driver import plan_training
     from raymmi.run._tune._inprocess import train_in_process, trial_data, trial_plan
+    from raymmi import models
+    from raymmi.run._train._embed import _scores
     from raymmi.run._tune._pack import Member, Rungs, train_pack
 
     def config(lam: float, alpha: float, lr: float) -> TrainConfig:
@@ -385,6 +392,7 @@ def test_a_packed_member_trains_as_it_would_alone_and_a_diverging_one_fails(mult
             optim=OptimConfig(epochs=3, lr=lr, batch_size=32, seed=3),
             label_key="cell_type",
             impute=False,
+            score_all=True,
         )
 
     configs = [config(1.0, 1e-4, 1e-3), config(5.0, 1e-2, 3e-3), config(0.1, 0.0, 1e6)]
@@ -400,9 +408,19 @@ def test_a_packed_member_trains_as_it_would_alone_and_a_diverging_one_fails(mult
         alone = train_in_process(plans[i], data, tmp_path / f"alone{i}", config={})
         for key, value in alone.state_dict.items():
             torch.testing.assert_close(pack.state_dict(i)[key], value, rtol=1e-4, atol=1e-5)
-        for key in ("train_loss", "val_loss", "val_ari"):
+        for key in ("train_loss", "val_loss", "val_ari", "all_ari", "all_nmi"):
             assert members[i].history[-1][key] == pytest.approx(alone.metrics[key], rel=1e-4)
         assert len(members[i].history) == 3
+    # all_ari: k-means of every cell's embedding by the trained model, as raymmi train scores
+    model = models.model_class("umint")(plans[0].model_config, plans[0].layout.dims)
+    model.load_state_dict(pack.state_dict(0))
+    model.eval()
+    with torch.no_grad():
+        z = model.embed({k: torch.from_numpy(v) for k, v in data.arrays.items()}).numpy()
+    codes = data.arrays["cell_type"]
+    assert len(codes) == 600 and len(set(codes.tolist())) == 4
+    want = _scores({"embedding": z, "labels": codes}, "cell_type")
+    assert members[0].history[-1]["all_ari"] == pytest.approx(want["ari"], abs=1e-6)
     # ASHA's rung rule inside a pack: of 2 members at rung 1, the better one goes on
     rungs = Rungs(grace=1, eta=2, max_t=3, metric="val_loss", mode="min")
     assert rungs.at() == {1, 2} and rungs.survivors([3.0, 1.0]) == [1]
@@ -492,7 +510,7 @@ def test_optuna_packed_search_asks_k_configurations_of_one_architecture(
     out = tmp_path / "optuna-packed"
     args = [
         "tune", "umint", "--data", multiome, "--out", str(out), "--space", space,
-        "--metric", "val_ari", "--mode", "max", "--label-key", "cell_type",
+        "--metric", "all_ari", "--mode", "max", "--label-key", "cell_type",
         "--search", "optuna", "--scheduler", "asha", "--reduction-factor", "2",
         "--trials", "6", "--epochs", "3", "--seeds", "2", "--pack", "3",
         "--set", f"model={json.dumps(UMINT)}", "--set", "impute=false",
@@ -509,6 +527,7 @@ def test_optuna_packed_search_asks_k_configurations_of_one_architecture(
         assert sorted(group["seed"].value_counts()) == [3, 3]
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 6 and (results["seeds"] == 2).all()
+    assert results["all_ari_mean"].between(-1, 1).all()  # every cell scored, by every member
     assert results["model.alpha"].nunique() == 6  # TPE's own values beside the shared width
     saved = json.loads((out / "search.json").read_text())
     children = _children(saved["parent_run_id"])

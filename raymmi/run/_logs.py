@@ -94,7 +94,7 @@ def epoch_line(metrics: Mapping[str, Any], *, epochs: int | None = None) -> str:
     epoch = int(metrics.get("epoch", -1)) + 1
     head = f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}"
     shown = []
-    for key in ("train_loss", "val_loss", "val_ari", "val_nmi", "epoch_seconds"):
+    for key in ("train_loss", "val_loss", "val_ari", "val_nmi", "all_ari", "epoch_seconds"):
         value = metrics.get(key)
         if isinstance(value, int | float) and math.isfinite(value):
             unit = " s" if key == "epoch_seconds" else ""

@@ -79,6 +79,11 @@ class EpochIO:
         the epoch's metrics.
     world
         Number of workers (scores are summed over workers and divided by it).
+    before_epoch
+        ``epoch ->``: called before the epoch trains.
+    every
+        ``() -> mini-batches`` of every cell with the label codes (``TrainPlan.score_all``:
+        the ``all_*`` scores), or None.
     """
 
     train: Callable[[int], Iterator[Batch]]
@@ -88,6 +93,7 @@ class EpochIO:
     end_epoch: Callable[[int, dict[str, float], list[dict[str, float]]], None]
     world: int = 1
     before_epoch: Callable[[int], None] | None = None
+    every: Callable[[], Iterable[Batch]] | None = None
 
 
 def build_model(
@@ -181,11 +187,19 @@ def fit_epochs(
             for _ in extra_iter:  # drain, so every split of the extra set finishes its epoch
                 pass
         sums["seconds"] = time.perf_counter() - tick
+        scored = plan.label_key is not None and (
+            (epoch + 1) % plan.score_every == 0 or epoch == epochs - 1
+        )
         if io.val is not None:
-            scored = plan.label_key is not None and (
-                (epoch + 1) % plan.score_every == 0 or epoch == epochs - 1
-            )
             sums.update(_validate(model, io.val(), plan, kl_weight, device, scored))
+        if scored and io.every is not None:
+            model.eval()
+            with torch.no_grad():
+                pairs = [(model.embed(b), b[str(plan.label_key)]) for b in io.every()]
+            if pairs:
+                embedding = torch.cat([z for z, _ in pairs]).float().cpu().numpy()
+                codes = torch.cat([c for _, c in pairs]).cpu().numpy()
+                sums.update(every_cell_scores(embedding, codes, plan.label_key))
         metrics = _epoch_metrics(io.reduce(sums), io.world, epoch)
         metrics["attempt_start_epoch"] = float(start)
         metrics["weights_rank_spread"] = _weights_spread(model, io.world)
@@ -245,6 +259,19 @@ def _validate(
                 # summed over workers, divided by the world size in _epoch_metrics
                 sums[f"score_val_{key}"] = float(value)
     return sums
+
+
+def every_cell_scores(
+    embedding: np.ndarray, codes: np.ndarray, label_key: str | None
+) -> dict[str, float]:
+    """Every-cell scores of one model's embedding against the cells' label codes.
+
+    ``score_all_*`` sums: ``all_ari``, ``all_nmi``, ``all_silhouette`` once reduced.
+    """
+    got = _scores({"embedding": embedding, "labels": codes}, label_key)
+    return {
+        f"score_all_{k}": float(v) for k, v in got.items() if _is_number(v) and k != "metric_cells"
+    }
 
 
 def _epoch_metrics(total: Mapping[str, float], world: int, epoch: int) -> dict[str, float]:

@@ -45,6 +45,8 @@ class TrainPlan:
     threads: int
     label_key: str | None = None
     score_every: int = 1
+    # cells (a seeded sample) of the every-cell scores all_ari ... (TrainConfig.score_all); 0: off
+    score_all: int = 0
 
     @property
     def val_layout(self) -> BatchLayout:
@@ -181,8 +183,14 @@ def plan_training(config: TrainConfig) -> tuple[TrainPlan, ShardSet, ShardSet | 
         threads=max(1, math.floor(config.cpus_per_worker or 1)),
         label_key=config.label_key,
         score_every=config.score_every,
+        score_all=score_all_cells(config),
     )
     return plan, shard, extra
+
+
+def score_all_cells(config: TrainConfig) -> int:
+    """``TrainPlan.score_all`` of ``config``: its ``metrics_max_cells``, or 0 when off."""
+    return config.metrics_max_cells if config.score_all and config.label_key is not None else 0
 
 
 def _cpus_per_worker(config: TrainConfig, resources: Mapping[str, float]) -> float:

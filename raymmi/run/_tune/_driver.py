@@ -365,8 +365,18 @@ def tune(
     notes += printed
     for note in printed:
         print(f"raymmi tune: {note}", flush=True)
-    label_score = config.metric.removeprefix("val_").removeprefix("reference_") in SCORES
+    bare = config.metric.removeprefix("val_").removeprefix("reference_").removeprefix("all_")
+    label_score = bare in SCORES
     trial_base = dict(base_user)
+    if config.metric.startswith("all_"):
+        if not in_process:
+            msg = (
+                f"--metric {config.metric} scores every cell in in-process trials, and this "
+                f"search's trials run as Ray Train runs ({'; '.join(path_notes) or 'Train'}): "
+                f"search on val_{bare}, or drop what sends trials to Ray Train"
+            )
+            raise RaymmiError(msg)
+        trial_base["score_all"] = True
     if not in_process:
         trial_base["cpus_per_worker"] = plan.cpus_per_worker
     trial_base["embed"] = config.trial_embeddings

@@ -31,7 +31,13 @@ from raymmi import models
 from raymmi.config import OptimConfig, TrainConfig, from_dict
 from raymmi.io import ShardSet, resolve
 from raymmi.models import arrow_to_batch
-from raymmi.run._train._plan import TrainPlan, _columns, resolve_optim, split_mask
+from raymmi.run._train._plan import (
+    TrainPlan,
+    _columns,
+    resolve_optim,
+    score_all_cells,
+    split_mask,
+)
 from raymmi.schema import CELL_ID, RaymmiError
 
 # Decoded (dense) data larger than this share of the object store trains on the Train path.
@@ -111,6 +117,7 @@ def trial_plan(base: TrainPlan, config: TrainConfig) -> TrainPlan:
         fault_injection=None,
         label_key=config.label_key,
         score_every=config.score_every,
+        score_all=score_all_cells(config),
     )
 
 
@@ -127,6 +134,23 @@ def split(data: TrialData, plan: TrainPlan) -> tuple[dict[str, Any], dict[str, A
     if plan.val_fraction > 0:
         val = {k: torch.from_numpy(v[mask]) for k, v in data.arrays.items()}
     return train, val
+
+
+def every_cell(data: TrialData, plan: TrainPlan) -> dict[str, Any] | None:
+    """The cells of a trial's every-cell scores (``TrainPlan.score_all``), or None when off.
+
+    Every cell, training and validation, with its label code; above ``plan.score_all`` cells
+    a seeded sample of that many (the same cells in every trial of a search).
+    """
+    import torch
+
+    if not plan.score_all or plan.label_key is None:
+        return None
+    n = len(data.cell_ids)
+    rows = None
+    if n > plan.score_all:
+        rows = np.sort(np.random.default_rng(0).choice(n, plan.score_all, replace=False))
+    return {k: torch.from_numpy(v if rows is None else v[rows]) for k, v in data.arrays.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,6 +212,8 @@ def train_in_process(
     train, val = split(data, plan)
     train_batches = MemoryBatches(train, batch_size)
     val_batches = MemoryBatches(val, batch_size) if val is not None else None
+    every = every_cell(data, plan)
+    every_batches = MemoryBatches(every, batch_size) if every is not None else None
     extra_batches = (
         MemoryBatches(
             {k: torch.from_numpy(np.array(v)) for k, v in data.extra.items()}, batch_size
@@ -231,6 +257,7 @@ def train_in_process(
         extra=(lambda: iter(extra_batches())) if extra_batches is not None else None,
         reduce=lambda sums: sums,
         end_epoch=end_epoch,
+        every=(lambda: every_batches()) if every_batches is not None else None,
     )
     history = fit_epochs(
         plan, model, _Objective(model), optimizer, io, dev, start=start, history=history

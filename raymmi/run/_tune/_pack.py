@@ -36,7 +36,7 @@ import numpy as np
 from raymmi import models
 from raymmi.config import TrainConfig, from_dict
 from raymmi.run._train._plan import TrainPlan
-from raymmi.run._tune._inprocess import TrialData, split, trial_plan
+from raymmi.run._tune._inprocess import TrialData, every_cell, split, trial_plan
 from raymmi.schema import RaymmiError
 
 # optim / top-level settings every member of a pack shares: they decide the mini-batches
@@ -203,7 +203,7 @@ def train_pack(
 
     from raymmi.models import PackedModel
     from raymmi.run._train._embed import _is_number, _scores
-    from raymmi.run._train._loop import MemoryBatches, _epoch_metrics, _to
+    from raymmi.run._train._loop import MemoryBatches, _epoch_metrics, _to, every_cell_scores
 
     base = plans[0]
     torch.set_num_threads(base.threads)
@@ -224,6 +224,8 @@ def train_pack(
     batch_size = int(optim["batch_size"])
     train_batches = MemoryBatches(train, batch_size)
     val_batches = MemoryBatches(val, batch_size) if val is not None else None
+    every = every_cell(data, base)
+    every_batches = MemoryBatches(every, batch_size) if every is not None else None
     shuffle = int(optim["shuffle_buffer"]) > 0
     rung_epochs = rungs.at() if rungs is not None else set()
     for epoch in range(epochs):
@@ -250,11 +252,11 @@ def train_pack(
         seconds = time.perf_counter() - tick
         scores: list[dict[str, float]] = [{} for _ in active]
         val_cells = 0.0
+        scored = base.label_key is not None and (
+            (epoch + 1) % base.score_every == 0 or epoch == epochs - 1
+        )
         if val_batches is not None:
             pack.eval()
-            scored = base.label_key is not None and (
-                (epoch + 1) % base.score_every == 0 or epoch == epochs - 1
-            )
             embeddings, labels = [], []
             with torch.no_grad():
                 for batch in val_batches():
@@ -275,6 +277,15 @@ def train_pack(
                         for k, v in got.items()
                         if _is_number(v) and k != "metric_cells"
                     }
+        if scored and every_batches is not None:
+            pack.eval()
+            with torch.no_grad():
+                label = str(base.label_key)
+                pairs = [(pack.embed(_to(b, dev)), b[label]) for b in every_batches()]
+            stacked = torch.cat([z for z, _ in pairs], dim=1).float().cpu().numpy()
+            codes = torch.cat([c for _, c in pairs]).numpy()
+            for j in range(len(active)):
+                scores[j].update(every_cell_scores(stacked[j], codes, base.label_key))
         totals = {k: v.detach().cpu().double().tolist() for k, v in sums.items()}
         share = len(active)
         keep: list[int] = []
@@ -488,7 +499,10 @@ def member_rows(out: Path, trial_ids: Sequence[str], keys: Sequence[str], metric
                 "mlflow_seconds": saved.get("mlflow_seconds", 0.0) / max(1, len(saved["members"])),
                 "pack": trial_id,
             }
-            for key in ("val_loss", "train_loss", "val_ari", "val_nmi", "val_silhouette"):
+            for key in (
+                *("val_loss", "train_loss", "val_ari", "val_nmi", "val_silhouette"),
+                *("all_ari", "all_nmi", "all_silhouette"),
+            ):
                 if key != metric and key in final:
                     row[key] = final[key]
             rows.append(row)

@@ -225,6 +225,12 @@ def reported_metrics(config: TrainConfig) -> dict[str, str]:
                     "every trial: a baseline, not an objective)"
                     for s in SCORES
                 }
+    if config.label_key is not None and config.workers == 1:
+        out |= {
+            f"all_{s}": f"{s} of every cell's embedding vs {config.label_key} (in-process and "
+            "packed trials; sets score_all)"
+            for s in SCORES
+        }
     out |= {
         "epoch_seconds": "seconds per epoch",
         "cells_per_second": "training throughput",
@@ -240,11 +246,16 @@ def check_metric(metric: str, reported: Mapping[str, str], config: TrainConfig) 
     import difflib
 
     hint = ""
-    bare = metric.removeprefix("val_").removeprefix("reference_")
+    bare = metric.removeprefix("val_").removeprefix("reference_").removeprefix("all_")
     if bare in SCORES and config.label_key is None:
         hint = (
             f"; {metric} needs labels: give --label-key (an obs column such as cell_type) and "
-            f"use val_{metric.removeprefix('val_')}"
+            f"use val_{bare} or all_{bare}"
+        )
+    elif metric.startswith("all_") and bare in SCORES:
+        hint = (
+            f"; {metric} scores every cell in one-worker (in-process) trials: with --workers "
+            f"{config.workers} search on val_{bare}"
         )
     elif metric in SCORES or metric.startswith("reference_"):
         hint = f"; {metric} is scored once after training: search on val_{metric} (every epoch)"
