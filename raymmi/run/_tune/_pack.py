@@ -84,10 +84,12 @@ class Rungs:
             return []
         keep = max(1, math.ceil(len(values) / self.eta))
         ordered = sorted(finite, reverse=self.mode == "max")
-        cutoff = ordered[min(keep, len(ordered)) - 1][0]
-        if self.mode == "max":
-            return [i for v, i in finite if v >= cutoff]
-        return [i for v, i in finite if v <= cutoff]
+        return self._at_or_past(values, ordered[min(keep, len(ordered)) - 1][0])
+
+    def _at_or_past(self, values: Sequence[float], cutoff: float) -> list[int]:
+        """Positions of the finite values at or past ``cutoff`` (above it for ``max``)."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        return [i for i, v in enumerate(values) if math.isfinite(v) and sign * (v - cutoff) >= 0]
 
     def recorded_survivors(
         self, rung: int, values: Sequence[float], keys: Sequence[str] | None = None
@@ -119,10 +121,7 @@ class Rungs:
         if not seen:
             return []
         q = 1 - 1 / self.eta if self.mode == "max" else 1 / self.eta
-        cutoff = float(np.quantile(np.asarray(list(seen.values())), q))
-        if self.mode == "max":
-            return [i for i, v in enumerate(values) if math.isfinite(v) and v >= cutoff]
-        return [i for i, v in enumerate(values) if math.isfinite(v) and v <= cutoff]
+        return self._at_or_past(values, float(np.quantile(np.asarray(list(seen.values())), q)))
 
 
 @contextlib.contextmanager
