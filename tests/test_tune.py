@@ -389,7 +389,9 @@ def test_a_packed_member_trains_as_it_would_alone_and_a_diverging_one_fails(mult
             data=multiome,
             out=str(tmp_path / "unused"),
             model={**UMINT, "lambdas": [1.0, lam], "alpha": alpha},
-            optim=OptimConfig(epochs=3, lr=lr, batch_size=32, seed=3),
+            optim=OptimConfig(
+                epochs=3, lr=lr, batch_size=32, seed=3, drop_last=True, lr_decay=0.9
+            ),
             label_key="cell_type",
             impute=False,
             score_all=True,

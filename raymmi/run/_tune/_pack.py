@@ -40,7 +40,7 @@ from raymmi.run._tune._inprocess import TrialData, every_cell, split, trial_plan
 from raymmi.schema import RaymmiError
 
 # optim / top-level settings every member of a pack shares: they decide the mini-batches
-SHARED = ("batch_size", "epochs", "shuffle_buffer", "seed", "amp")
+SHARED = ("batch_size", "epochs", "shuffle_buffer", "seed", "amp", "drop_last", "lr_decay")
 
 
 @dataclasses.dataclass
@@ -226,11 +226,15 @@ def train_pack(
     every = every_cell(data, base)
     every_batches = MemoryBatches(every, batch_size) if every is not None else None
     shuffle = int(optim["shuffle_buffer"]) > 0
+    # as fit_epochs: a batch of fewer cells is skipped (drop_last; 2 for the pairwise terms)
+    smallest = batch_size if bool(optim["drop_last"]) else 2
     rung_epochs = rungs.at() if rungs is not None else set()
     for epoch in range(epochs):
         if not active:
             break
         pack.train()
+        if epoch > 0:  # as fit_epochs: epoch e trains at lr * lr_decay ** e
+            pack.lr.mul_(float(optim["lr_decay"]))
         kl_weight = models.kl_schedule(epoch, **models.annealing(base.model_config))
         tick = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
@@ -243,7 +247,7 @@ def train_pack(
             if batch is None:
                 break
             n = len(next(iter(batch.values())))
-            if n < 2:
+            if n < smallest:
                 continue
             for key, value in pack.step(_to(batch, dev), kl_weight=kl_weight).items():
                 sums[f"train_{key}"] = sums.get(f"train_{key}", 0) + value * n
