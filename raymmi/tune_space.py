@@ -488,7 +488,9 @@ class TuneConfig:
         ``results.csv`` (one row per configuration) and ``best.yaml`` (written last).
     metric, mode
         What to optimize: a metric the training reports every epoch (``val_loss``,
-        ``val_ari`` ...) and ``max`` or ``min``.
+        ``val_ari`` ...) and ``max`` or ``min``. With ``--label-key``, one-worker trials also
+        report ``all_ari``, ``all_nmi`` and ``all_silhouette``: k-means of every cell's
+        embedding (training and validation), steadier than ``val_*`` on small sets.
     trials
         Configurations to try (``--search grid``: the grid's size; may be left out).
     seeds

@@ -371,3 +371,16 @@ def test_latest_written_checkpoint_skips_incomplete_folders(tmp_path):
             (folder / name).write_bytes(b"")
     # epoch 2: state.json cut short; epoch 1: optim.pt missing; epoch 0 is complete
     assert _latest_written_checkpoint(tmp_path) == tmp_path / "epoch-00000"
+
+
+def test_score_all_is_refused_by_raymmi_train_with_the_fix(tmp_path):
+    """--score-all is for raymmi tune's in-process trials: raymmi train says so, writes nothing."""
+    from raymmi.run import train
+
+    out = tmp_path / "out"
+    config = TrainConfig(
+        model_name="umint", data=str(tmp_path / "cells"), out=str(out), score_all=True
+    )
+    with pytest.raises(RaymmiError, match="raymmi train scores every cell once, after training"):
+        train(config)
+    assert not out.exists()

@@ -145,6 +145,13 @@ def train(
         config's checkpoints, or a training failure beyond ``max_failures``.
     """
     started = time.perf_counter()
+    if config.score_all:
+        msg = (
+            "--score-all scores every cell at each epoch in raymmi tune's in-process trials; "
+            "raymmi train scores every cell once, after training (ari, nmi in metrics.json): "
+            "drop --score-all"
+        )
+        raise RaymmiError(msg)
     plan, shard, extra = plan_training(config)
     resumed = _prepare_out(config)
     resources = init_ray(ray_config)

@@ -368,12 +368,15 @@ def tune(
     bare = config.metric.removeprefix("val_").removeprefix("reference_").removeprefix("all_")
     label_score = bare in SCORES
     trial_base = dict(base_user)
-    if config.metric.startswith("all_"):
+    if config.metric.startswith("all_") or base.score_all:
         if not in_process:
+            asked = (
+                f"--metric {config.metric}" if config.metric.startswith("all_") else "--score-all"
+            )
             msg = (
-                f"--metric {config.metric} scores every cell in in-process trials, and this "
-                f"search's trials run as Ray Train runs ({'; '.join(path_notes) or 'Train'}): "
-                f"search on val_{bare}, or drop what sends trials to Ray Train"
+                f"{asked} scores every cell in in-process trials, and this search's trials "
+                f"run as Ray Train runs ({'; '.join(path_notes) or 'Train'}): search on "
+                f"val_{bare}, or drop what sends trials to Ray Train"
             )
             raise RaymmiError(msg)
         trial_base["score_all"] = True
