@@ -199,7 +199,8 @@ def fit_epochs(
             if pairs:
                 embedding = torch.cat([z for z, _ in pairs]).float().cpu().numpy()
                 codes = torch.cat([c for _, c in pairs]).cpu().numpy()
-                sums.update(every_cell_scores(embedding, codes, plan.label_key))
+                samples = {"embedding": embedding, "labels": codes}
+                sums.update(score_sums("all", samples, plan.label_key))
         metrics = _epoch_metrics(io.reduce(sums), io.world, epoch)
         metrics["attempt_start_epoch"] = float(start)
         metrics["weights_rank_spread"] = _weights_spread(model, io.world)
@@ -254,23 +255,23 @@ def _validate(
         samples = {"embedding": np.concatenate(embeddings), "labels": np.concatenate(labels)}
         if references:
             samples["reference"] = np.concatenate(references)
-        for key, value in _scores(samples, plan.label_key).items():
-            if _is_number(value) and key != "metric_cells":
-                # summed over workers, divided by the world size in _epoch_metrics
-                sums[f"score_val_{key}"] = float(value)
+        sums.update(score_sums("val", samples, plan.label_key))
     return sums
 
 
-def every_cell_scores(
-    embedding: np.ndarray, codes: np.ndarray, label_key: str | None
+def score_sums(
+    prefix: str, samples: Mapping[str, np.ndarray], label_key: str | None
 ) -> dict[str, float]:
-    """Every-cell scores of one model's embedding against the cells' label codes.
+    """Label scores of one model's embedding as per-epoch sums, ``score_<prefix>_<name>``.
 
-    ``score_all_*`` sums: ``all_ari``, ``all_nmi``, ``all_silhouette`` once reduced.
+    ``samples`` as :func:`raymmi.run._train._embed._scores` takes them (``embedding``,
+    ``labels`` codes, optional ``reference``). Summed over workers and divided by the world
+    size in :func:`_epoch_metrics`: ``val_ari`` ... for ``"val"``, ``all_ari`` ... for ``"all"``.
     """
-    got = _scores({"embedding": embedding, "labels": codes}, label_key)
     return {
-        f"score_all_{k}": float(v) for k, v in got.items() if _is_number(v) and k != "metric_cells"
+        f"score_{prefix}_{k}": float(v)
+        for k, v in _scores(samples, label_key).items()
+        if _is_number(v) and k != "metric_cells"
     }
 
 

@@ -81,6 +81,7 @@ from raymmi.run._tune._plan import (
     plan_resources,
     plan_trials,
     reported_metrics,
+    score_name,
 )
 from raymmi.run._tune._tables import (
     _collect,
@@ -365,7 +366,7 @@ def tune(
     notes += printed
     for note in printed:
         print(f"raymmi tune: {note}", flush=True)
-    bare = config.metric.removeprefix("val_").removeprefix("reference_").removeprefix("all_")
+    bare = score_name(config.metric)
     label_score = bare in SCORES
     trial_base = dict(base_user)
     if config.metric.startswith("all_") or base.score_all:

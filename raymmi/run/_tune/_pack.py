@@ -201,8 +201,7 @@ def train_pack(
     import torch
 
     from raymmi.models import PackedModel
-    from raymmi.run._train._embed import _is_number, _scores
-    from raymmi.run._train._loop import MemoryBatches, _epoch_metrics, _to, every_cell_scores
+    from raymmi.run._train._loop import MemoryBatches, _epoch_metrics, _to, score_sums
 
     base = plans[0]
     torch.set_num_threads(base.threads)
@@ -274,12 +273,8 @@ def train_pack(
             if scored and embeddings:
                 stacked, codes = np.concatenate(embeddings, axis=1), np.concatenate(labels)
                 for j in range(len(active)):
-                    got = _scores({"embedding": stacked[j], "labels": codes}, base.label_key)
-                    scores[j] = {
-                        f"score_val_{k}": float(v)
-                        for k, v in got.items()
-                        if _is_number(v) and k != "metric_cells"
-                    }
+                    samples = {"embedding": stacked[j], "labels": codes}
+                    scores[j] = score_sums("val", samples, base.label_key)
         if scored and every_batches is not None:
             pack.eval()
             with torch.no_grad():
@@ -288,7 +283,8 @@ def train_pack(
             stacked = torch.cat([z for z, _ in pairs], dim=1).float().cpu().numpy()
             codes = torch.cat([c for _, c in pairs]).numpy()
             for j in range(len(active)):
-                scores[j].update(every_cell_scores(stacked[j], codes, base.label_key))
+                samples = {"embedding": stacked[j], "labels": codes}
+                scores[j].update(score_sums("all", samples, base.label_key))
         totals = {k: v.detach().cpu().double().tolist() for k, v in sums.items()}
         share = len(active)
         keep: list[int] = []

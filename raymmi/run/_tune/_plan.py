@@ -239,6 +239,11 @@ def reported_metrics(config: TrainConfig) -> dict[str, str]:
     return out
 
 
+def score_name(metric: str) -> str:
+    """The label score a metric names, without its ``val_`` / ``reference_`` / ``all_`` prefix."""
+    return metric.removeprefix("val_").removeprefix("reference_").removeprefix("all_")
+
+
 def check_metric(metric: str, reported: Mapping[str, str], config: TrainConfig) -> None:
     """Raise unless the trainer reports ``metric`` every epoch; name the fix."""
     if metric in reported:
@@ -246,7 +251,7 @@ def check_metric(metric: str, reported: Mapping[str, str], config: TrainConfig) 
     import difflib
 
     hint = ""
-    bare = metric.removeprefix("val_").removeprefix("reference_").removeprefix("all_")
+    bare = score_name(metric)
     if bare in SCORES and config.label_key is None:
         hint = (
             f"; {metric} needs labels: give --label-key (an obs column such as cell_type) and "
