@@ -32,39 +32,40 @@ def timed_peak(fn: Callable[..., Any], *args: Any) -> tuple[float, float]:
 
 
 def worker_rss() -> int:
-    """Summed RSS of this process's Ray workers.
+    """Summed RSS of this process's Ray workers (through ``/proc``; no psutil needed).
 
     Only descendants of this process (the local Ray it started): other sessions' Ray workers
     on a shared machine are not ours to count.
     """
-    import psutil
+    import os
+
+    from raymmi.testing import cmdline, descendants
 
     total = 0
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            name = proc.name() or ""
-            cmd = " ".join(proc.cmdline() or [])
-            if name.startswith("ray::") or "default_worker.py" in cmd:
-                total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    for pid in descendants(os.getpid()):
+        cmd = cmdline(pid)
+        if cmd.startswith("ray::") or "default_worker.py" in cmd:
+            total += _proc_rss(pid)[0]
     return total
 
 
 def _self_rss() -> int:
-    import psutil
+    import os
 
-    return psutil.Process().memory_info().rss
+    return _proc_rss(os.getpid())[0]
 
 
 class PeakSampler:
     """Peak RSS of the Ray workers (and, with ``include_self``, this driver) while active.
 
-    Sampled every 20 ms; :attr:`growth_mib` is the peak above the level at construction.
+    Sampled every ``interval`` seconds (0.25: a faster poll in the driver takes CPU from the
+    work it measures on a small machine); :attr:`growth_mib` is the peak above the level at
+    construction.
     """
 
-    def __init__(self, *, include_self: bool = False) -> None:
+    def __init__(self, *, include_self: bool = False, interval: float = 0.25) -> None:
         self._include_self = include_self
+        self._interval = interval
         self.idle = self._sample()
         self.peak = self.idle
         self._stop = threading.Event()
@@ -73,7 +74,7 @@ class PeakSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self._sample())
-            time.sleep(0.02)
+            time.sleep(self._interval)
 
     def _sample(self) -> int:
         return worker_rss() + (_self_rss() if self._include_self else 0)

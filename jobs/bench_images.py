@@ -12,7 +12,7 @@ for each size times
   bounded concurrency, QC, parts, manifest; no MLflow),
 
 with fields/s, cells/s, the ratio raymmi / loop, and the peak RSS above idle of the Ray
-workers (summed; sampled every 20 ms), which should stay flat between the two sizes. The last
+workers (summed; sampled every 0.25 s), which should stay flat between the two sizes. The last
 line projects the hours of one 384-well x 9-site plate (3,456 fields of ``--size``) on one
 16-core node from raymmi's per-core field rate. ``--embed`` adds a run with ``--embed
 MODEL --weights random`` (CPU), ``MODEL`` from ``--embed-model`` (``cnn-small``, or

@@ -11,7 +11,7 @@ Parquet table. For each size it times
   cast, negcon flags, per-plate parts, SHA-256, duplicate-key check, manifest; no MLflow),
 
 and the peak memory above idle: of the pyarrow process, and of all Ray worker processes summed
-(sampled every 20 ms). The table ends with the time ratio raymmi / pyarrow.
+(sampled every 0.25 s). The table ends with the time ratio raymmi / pyarrow.
 """
 
 from __future__ import annotations

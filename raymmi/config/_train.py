@@ -88,7 +88,8 @@ class TrainConfig:
         ``obs`` column with known labels (``cell_type``): ARI/NMI/silhouette of the embedding
         (and of the reference embedding, if the model has one) go to ``metrics.json``.
     val_fraction
-        Share of cells held out (by a hash of the cell id) for the validation loss.
+        Share of cells held out (by a hash of the cell id) for the validation loss; ``None``
+        (default): the model's own, 0.1, or 0 for SAILERX (its reference trains on every cell).
     workers
         Ray Train workers (DDP processes).
     gpus_per_worker
@@ -146,7 +147,7 @@ class TrainConfig:
     extra_data: str | None = None
     hybrid_every: int = 3
     label_key: str | None = None
-    val_fraction: float = 0.1
+    val_fraction: float | None = None
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
@@ -175,7 +176,7 @@ class TrainConfig:
         if self.hybrid_every < 2:
             msg = f"hybrid_every={self.hybrid_every!r} must be >= 2 (one extra batch per period)"
             raise RaymmiError(msg)
-        if not 0.0 <= self.val_fraction < 1.0:
+        if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
             msg = f"val_fraction={self.val_fraction!r} must be in [0, 1)"
             raise RaymmiError(msg)
         if self.gpus_per_worker < 0 or (self.cpus_per_worker or 1) <= 0:

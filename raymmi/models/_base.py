@@ -207,6 +207,9 @@ class Model(nn.Module):
         "batch_size": 128,
         "epochs": 20,
     }
+    # Share of cells ``raymmi train`` holds out for the validation loss when ``val_fraction``
+    # is not given (a model whose reference trains on every cell sets 0).
+    val_fraction: ClassVar[float] = 0.1
     packable: ClassVar[bool] = False
 
     def __init__(self, config: Any, dims: Dims) -> None:

@@ -108,7 +108,7 @@ def train_embed(
     *,
     model: Mapping[str, Any] | None = None,
     optim: OptimConfig | None = None,
-    val_fraction: float = TrainConfig.val_fraction,
+    val_fraction: float | None = None,
     init_seed: int | None = None,
 ) -> TrainedEmbedding:
     """Train on ``cells`` with ``raymmi train``'s loop and embed every cell.

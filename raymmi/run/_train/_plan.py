@@ -79,6 +79,13 @@ def resolve_optim(cls: type[models.Model], optim: OptimConfig) -> dict[str, Any]
     return out
 
 
+def resolve_val_fraction(config: TrainConfig) -> float:
+    """``config.val_fraction``, or the model's own share when it is not given."""
+    if config.val_fraction is not None:
+        return float(config.val_fraction)
+    return float(models.model_class(config.model_name).val_fraction)
+
+
 def _columns(shard: ShardSet) -> set[str]:
     """Column names of a shard set (its parts share one schema)."""
     fs, path = resolve(shard.file_uris()[0])
@@ -176,7 +183,7 @@ def plan_training(config: TrainConfig) -> tuple[TrainPlan, ShardSet, ShardSet | 
         model_config=model_config,
         layout=layout,
         optim=resolve_optim(cls, config.optim),
-        val_fraction=config.val_fraction,
+        val_fraction=resolve_val_fraction(config),
         hybrid_every=config.hybrid_every,
         checkpoint_every=config.checkpoint_every,
         fault_injection=config.fault_injection,

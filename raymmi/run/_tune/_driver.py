@@ -299,6 +299,15 @@ def tune(
     base = dataclasses.replace(
         base, data=_absolute(base.data), extra_data=base.extra_data and _absolute(base.extra_data)
     )
+    if base.val_fraction is None and config.metric.startswith("val_") and not cls.val_fraction:
+        # a validation metric needs held-out cells, even for a model that trains on all of them
+        base = dataclasses.replace(base, val_fraction=0.1)
+        notes_held = [
+            f"--metric {config.metric} needs held-out cells: 10% of the cells are held out "
+            f"({cls.name} trains on every cell by default; set val_fraction to change it)"
+        ]
+    else:
+        notes_held = []
     base_user = to_dict(base)
     space = load_space(config.space, cls.Config, base=base_user)
     if config.search == "grid":
@@ -336,7 +345,7 @@ def tune(
                 f"{MEMORY_SHARE:.0%} of the object store: trials run as Ray Train runs"
             )
             data = None
-    printed: list[str] = []
+    printed: list[str] = list(notes_held)
     if in_process:
         printed += list(trial_res.notes)
         resource_record: dict[str, Any] = {

@@ -35,6 +35,7 @@ from raymmi.run._train._plan import (
     TrainPlan,
     _columns,
     resolve_optim,
+    resolve_val_fraction,
     score_all_cells,
     split_mask,
 )
@@ -111,7 +112,7 @@ def trial_plan(base: TrainPlan, config: TrainConfig) -> TrainPlan:
         base,
         model_config=model_config,
         optim=resolve_optim(cls, optim),
-        val_fraction=config.val_fraction,
+        val_fraction=resolve_val_fraction(config),
         hybrid_every=config.hybrid_every,
         checkpoint_every=config.checkpoint_every,
         fault_injection=None,

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from raymmi import models
 from raymmi.config import TrainConfig
+from raymmi.run._train._plan import resolve_val_fraction
 from raymmi.schema import RaymmiError
 
 DRIVER_CPU = 0.1  # a trial's driver (the Tune function actor); 0 is refused by Tune
@@ -212,7 +213,7 @@ def reported_metrics(config: TrainConfig) -> dict[str, str]:
     out = {f"train_{t}": f"training loss term {t}" for t in sorted(terms)}
     if extra is not None:
         out |= {f"extra_{t}": f"loss term {t} on the --extra-data cells" for t in sorted(terms)}
-    if config.val_fraction > 0:
+    if resolve_val_fraction(config) > 0:
         out |= {f"val_{t}": f"validation loss term {t}" for t in sorted(terms)}
         if config.label_key is not None:
             out |= {
@@ -264,8 +265,8 @@ def check_metric(metric: str, reported: Mapping[str, str], config: TrainConfig) 
         )
     elif metric in SCORES or metric.startswith("reference_"):
         hint = f"; {metric} is scored once after training: search on val_{metric} (every epoch)"
-    elif metric.startswith("val_") and config.val_fraction == 0:
-        hint = "; validation metrics need val_fraction > 0"
+    elif metric.startswith("val_") and resolve_val_fraction(config) == 0:
+        hint = "; validation metrics need val_fraction > 0 (--set val_fraction=0.1)"
     else:
         close = difflib.get_close_matches(metric, list(reported), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
