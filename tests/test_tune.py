@@ -345,6 +345,7 @@ def test_in_process_trial_trains_what_raymmi_train_trains(multiome, tmp_path):
         model=SAILERX,
         optim=OptimConfig(epochs=2, batch_size=64, lr=1e-3, shuffle_buffer=0, seed=7),
         label_key="cell_type",
+        val_fraction=0.1,  # SAILERX holds out nothing by default
         impute=False,
         embed=False,
         cpus_per_worker=1.0,
