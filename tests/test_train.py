@@ -384,3 +384,16 @@ def test_score_all_is_refused_by_raymmi_train_with_the_fix(tmp_path):
     with pytest.raises(RaymmiError, match="raymmi train scores every cell once, after training"):
         train(config)
     assert not out.exists()
+
+
+def test_val_fraction_defaults_to_the_model_s_own_share():
+    """SAILERX trains on every cell as its reference does; the others hold out 10%."""
+    from raymmi.run._train._plan import resolve_val_fraction
+
+    def share(model: str, **kw) -> float:
+        return resolve_val_fraction(TrainConfig(model_name=model, data="d", out="o", **kw))
+
+    assert share("sailerx") == 0.0 and share("umint") == 0.1 and share("ae") == 0.1
+    assert share("sailerx", val_fraction=0.2) == 0.2 and share("umint", val_fraction=0.0) == 0.0
+    with pytest.raises(RaymmiError, match="val_fraction"):
+        TrainConfig(model_name="sailerx", data="d", out="o", val_fraction=1.0)

@@ -113,6 +113,8 @@ def test_asha_optuna_search_over_gamma_and_lambda(multiome, tmp_path):
     outcome = tune(settings, base)
     print(f"8-trial ASHA + Optuna search: {time.perf_counter() - started:.0f} s")
     assert any("capping at 2" in note for note in outcome.notes)
+    # SAILERX trains on every cell by default: a val_* metric holds out 10%, and says so
+    assert any("needs held-out cells" in note for note in outcome.notes), outcome.notes
 
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 8
@@ -137,6 +139,7 @@ def test_asha_optuna_search_over_gamma_and_lambda(multiome, tmp_path):
     assert config.model["gamma"] == pytest.approx(best["model.gamma"])
     assert config.model["lam"] == pytest.approx(best["model.lam"])
     assert config.model["z_dim"] == 8 and config.impute is False
+    assert config.val_fraction == pytest.approx(0.1)  # retrains on the search's split
 
     # MLflow: the parent and one nested run per trial, with per-epoch metrics
     parent = mlflow.get_run(outcome.parent_run_id)
