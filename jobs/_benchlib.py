@@ -39,14 +39,17 @@ def worker_rss() -> int:
     """
     import os
 
-    from raymmi.testing import cmdline, descendants
+    from raymmi.testing import descendants
 
-    total = 0
-    for pid in descendants(os.getpid()):
-        cmd = cmdline(pid)
-        if cmd.startswith("ray::") or "default_worker.py" in cmd:
-            total += _proc_rss(pid)[0]
-    return total
+    return sum(_proc_rss(pid)[0] for pid in descendants(os.getpid()) if _is_ray_worker(pid))
+
+
+def _is_ray_worker(pid: int) -> bool:
+    """A Ray worker process: titled ``ray::<task>``, or still starting ``default_worker.py``."""
+    from raymmi.testing import cmdline
+
+    cmd = cmdline(pid)
+    return cmd.startswith("ray::") or "default_worker.py" in cmd
 
 
 def _self_rss() -> int:
@@ -114,15 +117,14 @@ class TreePeaks:
     def _poll(self) -> None:
         import os
 
-        from raymmi.testing import cmdline, descendants
+        from raymmi.testing import descendants
 
         driver, driver_anon = _proc_rss(os.getpid())
         workers, anon, total = [], [], driver
         for pid in descendants(os.getpid()):
             rss, private = _proc_rss(pid)
             total += rss
-            cmd = cmdline(pid)
-            if cmd.startswith("ray::") or "default_worker.py" in cmd:
+            if _is_ray_worker(pid):
                 workers.append(rss)
                 anon.append(private)
         self.driver = max(self.driver, driver)
