@@ -7,7 +7,13 @@ from conftest import shared_file
 
 from raymmi.config import IngestPlatesConfig
 from raymmi.io import open_shard_set
-from raymmi.run import ingest_plates, read_dataset
+from raymmi.run import (
+    ingest_plates,
+    read_dataset,
+    without_budget_backpressure,
+    work_blocks,
+    work_dataset,
+)
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -68,3 +74,70 @@ def test_map_batches_then_the_parts_sink_keeps_plates_apart(tmp_path):
     before = shard_set.read_table().to_pandas().sort_values(["Metadata_Plate", "Metadata_Well"])
     after = out.read_table().to_pandas().sort_values(["Metadata_Plate", "Metadata_Well"])
     np.testing.assert_array_equal(after[feature].to_numpy(), 2 * before[feature].to_numpy())
+
+
+@pytest.mark.parametrize(
+    ("n", "workers", "most"), [(80, 2, 16), (3456, 32, 16), (7, 1, 4), (5, 8, 16)]
+)
+def test_work_blocks_cover_the_rows_big_first_single_last(n, workers, most):
+    sizes = work_blocks(n, workers, most=most)
+    assert sum(sizes) == n
+    assert all(1 <= s <= most for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-1] == 1
+    # far fewer tasks than rows where there are many rows per worker
+    if n >= 16 * workers:
+        assert len(sizes) < n / 4
+
+
+def test_work_blocks_edges():
+    assert work_blocks(0, 2) == []
+    assert work_blocks(1, 2) == [1]
+    assert work_blocks(6, 2, most=1) == [1] * 6
+    assert work_blocks(4, 0) == work_blocks(4, 1)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_work_dataset_is_one_block_per_work_block_and_maps_every_row():
+    import ray.data
+
+    units = [{"i": i, "name": f"field-{i}"} for i in range(40)]
+    ds = work_dataset(units, 2)
+    assert ds.num_blocks() == len(work_blocks(40, 2))
+    without_budget_backpressure(ds)
+    out = ds.map_batches(
+        lambda b: {"i": b["i"] * 2},
+        batch_size=1,
+        compute=ray.data.TaskPoolStrategy(size=2),
+        num_cpus=1,
+    )
+    assert sorted(r["i"] for r in out.take_all()) == [2 * i for i in range(40)]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_without_budget_backpressure_is_scoped_to_its_dataset():
+    import ray.data
+    from ray.data._internal.execution.backpressure_policy import (
+        ENABLED_BACKPRESSURE_POLICIES,
+        ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
+    )
+
+    ds = ray.data.range(4)
+    without_budget_backpressure(ds)
+    kept = ds.context.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)
+    assert [p.__name__ for p in kept] == [
+        p.__name__
+        for p in ENABLED_BACKPRESSURE_POLICIES
+        if p.__name__ != "ResourceBudgetBackpressurePolicy"
+    ]
+    # a dataset made after it, and the session's context, keep Ray's defaults
+    other = ray.data.range(4)
+    assert other.context.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, None) is None
+    assert (
+        ray.data.DataContext.get_current().get_config(
+            ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, None
+        )
+        is None
+    )
+    # and the policy choice travels to the datasets built from it (the write, here a map)
+    assert ds.map(lambda r: r).context.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY) == kept

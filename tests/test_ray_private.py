@@ -1,4 +1,8 @@
-"""The one private Ray API raymmi uses (the tune placement-group reaper): fails on an upgrade.
+"""The private Ray APIs raymmi uses: these fail on a Ray upgrade, loudly, not in a stage.
+
+* the tune placement-group reaper;
+* ``raymmi.run.without_budget_backpressure`` (``ingest images``): Ray Data's list of
+  backpressure policies and the ``DataContext`` config key that overrides it.
 
 ``raymmi.run._tune._callbacks.reap_orphaned_placement_groups`` reads the GCS placement-group
 table through ``ray._private.state`` (no public API names a placement group's creator). These
@@ -39,3 +43,20 @@ def test_private_state_api_has_what_the_reaper_reads():
     } <= fields
     assert table.REMOVED != table.CREATED
     assert callable(remove_placement_group) and callable(PlacementGroup)
+
+
+def test_backpressure_policy_config_is_what_ingest_images_overrides():
+    from ray.data._internal.execution import backpressure_policy as bp
+
+    names = [p.__name__ for p in bp.ENABLED_BACKPRESSURE_POLICIES]
+    assert "ResourceBudgetBackpressurePolicy" in names
+    assert {"ConcurrencyCapBackpressurePolicy", "DownstreamCapacityBackpressurePolicy"} <= set(
+        names
+    )
+    assert bp.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY == "backpressure_policies.enabled"
+    # the executor reads the key from the dataset's context
+    import inspect
+
+    assert "ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY" in inspect.getsource(
+        bp.get_backpressure_policies
+    )

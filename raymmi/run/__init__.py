@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from raymmi.run._cells._driver import generate_cells, ingest_cells
-    from raymmi.run._datasets import ShardPartsSink, read_dataset
+    from raymmi.run._datasets import (
+        ShardPartsSink,
+        read_dataset,
+        without_budget_backpressure,
+        work_blocks,
+        work_dataset,
+    )
     from raymmi.run._evaluate._driver import HELDOUT, SCORE, evaluate_plates, summary_text
     from raymmi.run._export._driver import export
     from raymmi.run._images._driver import generate_images, ingest_images
@@ -89,6 +95,9 @@ _WHERE = {
     "tune": "_tune._driver",
     "verbose": "_logs",
     "worker_log_env": "_logs",
+    "without_budget_backpressure": "_datasets",
+    "work_blocks": "_datasets",
+    "work_dataset": "_datasets",
 }
 __all__ = [
     "HELDOUT",
@@ -130,6 +139,9 @@ __all__ = [
     "trial_line",
     "tune",
     "verbose",
+    "without_budget_backpressure",
+    "work_blocks",
+    "work_dataset",
     "worker_log_env",
 ]
 

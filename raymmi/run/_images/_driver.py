@@ -40,7 +40,7 @@ from raymmi.images import (
     profile_field,
 )
 from raymmi.io import FieldSpec, ShardSetWriter, read_field, read_load_data, resolve
-from raymmi.run._datasets import ShardPartsSink
+from raymmi.run._datasets import ShardPartsSink, without_budget_backpressure, work_dataset
 from raymmi.run._plates._driver import producer
 from raymmi.run._runtime import gather, init_ray
 from raymmi.schema import FEATURE_TYPE, NEGCON, PLATE, SITE, WELL, FileEntry, Manifest, RaymmiError
@@ -562,7 +562,8 @@ def ingest_images(
     ):
         illum_refs = _illumination(fields, plan.channels) if config.illum == "plate" else {}
         units = _units(fields, negcon, config.aggregate)
-        ds = ray.data.from_items(units, override_num_blocks=len(units))
+        # up to ~16 fields a map task (a well of 9 sites with --aggregate: one or two wells)
+        ds = work_dataset(units, workers, most=max(1, 16 * len(units) // max(1, len(fields))))
         size = max(1, min(workers, len(units)))
         if plan.embed is None:
             # stateless: Ray tasks on reused worker processes (an autoscaling actor pool began
@@ -584,6 +585,7 @@ def ingest_images(
                 num_cpus=1,
                 batch_format="numpy",
             )
+        without_budget_backpressure(ds)
         schema = plan.schema()
         key = OBJECT_COUNT if plan.aggregate else OBJECT_NUMBER
         sink = _ImageSink(writer.staging, schema=schema, key=key)
