@@ -93,6 +93,38 @@ def test_fields_to_cells_with_qc(fields, tmp_path):
     assert (out / "_qc_field.png").stat().st_size > 1000
 
 
+def test_blocks_across_plates_write_one_plate_per_part(tmp_path):
+    """12 fields of 2 plates in guided blocks: every field's cells, never two plates a part."""
+    import pyarrow.parquet as pq
+
+    from raymmi.run import work_blocks
+
+    load = _generate(tmp_path / "gen", plates=2, wells=3, sites=2, size=192)
+    assert len(work_blocks(12, 2)) < 12  # blocks of several fields, some spanning the plates
+    out = tmp_path / "cells"
+    argv = ["ingest", "images", str(load), "--out", str(out), "--nuclei-channel", "DNA"]
+    assert main([*argv, "--cell-channel", "AGP", *FAST]) == 0
+    m = open_shard_set(str(out)).manifest
+    paths = [f.path for f in m.files]
+    assert len(paths) == len(set(paths))
+    for entry in m.files:
+        plates = set(
+            pq.read_table(out / entry.path, columns=["Metadata_Plate"]).column(0).to_pylist()
+        )
+        assert plates == {entry.plate}
+    table = open_shard_set(str(out)).read_table().to_pandas()
+    qc = pd.read_csv(out / "_field_qc.csv")
+    assert len(qc) == 12 and m.num_rows == len(table) == qc.Count_Cells.sum() > 0
+    keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+    counts = table.astype({"Metadata_Site": str}).groupby(keys).size()
+    for row in qc[qc.Count_Cells > 0].astype({"Metadata_Site": str}).itertuples():
+        assert (
+            counts[(row.Metadata_Plate, row.Metadata_Well, row.Metadata_Site)] == row.Count_Cells
+        )
+    # object numbers restart in every field, as CellProfiler numbers them
+    assert (table.groupby(keys).Metadata_ObjectNumber.min() == 1).all()
+
+
 @pytest.mark.slow
 def test_chain_generate_aggregate_normalize_evaluate(tmp_path):
     """Generated fields -> ingest images --aggregate median -> normalize -> evaluate."""
