@@ -154,6 +154,10 @@ def test_chain_generate_aggregate_normalize_evaluate(tmp_path):
     assert len(table) == 16 and table.Metadata_Object_Count.min() > 0
     assert table.Metadata_is_negcon.sum() == 4
     assert "Metadata_Site" not in table.columns
+    # the well rows are written together: one part per plate, not one per well
+    assert sorted(f.plate for f in open_shard_set(str(wells)).manifest.files) == sorted(
+        set(table.Metadata_Plate)
+    )
     # treated wells were drawn with 1.35x nuclei: the profiles carry it
     treated = table[~table.Metadata_is_negcon].Nuclei_AreaShape_Area.median()
     control = table[table.Metadata_is_negcon].Nuclei_AreaShape_Area.median()

@@ -578,7 +578,9 @@ def ingest_images(
         # up to ~16 fields a map task (a well of 9 sites with --aggregate: one or two wells)
         ds = work_dataset(units, workers, most=max(1, 16 * len(units) // max(1, len(fields))))
         size = max(1, min(workers, len(units)))
-        staging = writer.staging
+        # cells: each map task writes its block's parts; well rows (a few a task) come back
+        # and are written here, one part per plate, not one tiny part per well
+        staging = None if plan.aggregate else writer.staging
         if plan.embed is None:
             # stateless: Ray tasks on reused worker processes (an autoscaling actor pool began
             # with one actor and started the rest late, so a few fields ran one at a time)
@@ -605,9 +607,14 @@ def ingest_images(
                 batch_format="numpy",
             )
         without_budget_backpressure(ds)
+        results = _gather_user(lambda: ray.get(ds.to_arrow_refs()))
+        if staging is None:
+            name = "part-000000.parquet"
+            cells = pa.concat_tables(results)
+            results = [_write_cells(cells, writer.staging, plan.schema(), name)]
         files: list[FileEntry] = []
         records: list[dict[str, Any]] = []
-        for row in _gather_user(ds.take_all):
+        for row in pa.concat_tables(results).to_pylist():
             files += [FileEntry(**e) for e in json.loads(row["files"])]
             records += json.loads(row["qc"])
         files.sort(key=lambda e: (e.plate or "", e.path))
