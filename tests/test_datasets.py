@@ -10,6 +10,7 @@ from raymmi.io import open_shard_set
 from raymmi.run import (
     ingest_plates,
     read_dataset,
+    tasks_in_flight,
     without_budget_backpressure,
     work_blocks,
     work_dataset,
@@ -95,6 +96,15 @@ def test_work_blocks_edges():
     assert work_blocks(1, 2) == [1]
     assert work_blocks(6, 2, most=1) == [1] * 6
     assert work_blocks(4, 0) == work_blocks(4, 1)
+
+
+def test_tasks_in_flight_queues_one_only_where_the_cpus_bound_the_workers():
+    assert tasks_in_flight(2, 2, 14) == 3  # the CPUs hold the third back until one frees
+    assert tasks_in_flight(16, 16, 40) == 17
+    assert tasks_in_flight(1, 2, 14) == 1  # --workers below the CPUs: a third would run
+    assert tasks_in_flight(2, 2, 2) == 2  # never more than the blocks
+    assert tasks_in_flight(2, 2, 1) == 1
+    assert tasks_in_flight(0, 2, 0) == 1
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -125,6 +125,32 @@ def test_blocks_across_plates_write_one_plate_per_part(tmp_path):
     assert (table.groupby(keys).Metadata_ObjectNumber.min() == 1).all()
 
 
+def test_workers_bounds_the_fields_measured_at_once(tmp_path):
+    """--workers 1 on 2 CPUs: its map tasks never overlap (none queued ahead runs beside)."""
+    import itertools
+    import time
+
+    import ray
+
+    load = _generate(tmp_path / "gen", wells=3, sites=2, size=160)
+    out = tmp_path / "cells"
+    argv = ["ingest", "images", str(load), "--out", str(out), "--nuclei-channel", "DNA"]
+    start = time.time()
+    assert main([*argv, "--workers", "1", *FAST]) == 0
+    name = "map_operator._map_task"
+    for _ in range(40):  # task events reach the GCS about once a second
+        spans = sorted(
+            (e["ts"], e["ts"] + e["dur"])
+            for e in ray.timeline()
+            if e.get("ph") == "X" and name in e["name"] and e["ts"] / 1e6 >= start
+        )
+        if len(spans) >= 3:  # work_blocks(6, 1): 3, 2, 1
+            break
+        time.sleep(0.25)
+    assert len(spans) == 3
+    assert all(b[0] >= a[1] for a, b in itertools.pairwise(spans))
+
+
 @pytest.mark.slow
 def test_chain_generate_aggregate_normalize_evaluate(tmp_path):
     """Generated fields -> ingest images --aggregate median -> normalize -> evaluate."""

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from raymmi.run._datasets import (
         ShardPartsSink,
         read_dataset,
+        tasks_in_flight,
         without_budget_backpressure,
         work_blocks,
         work_dataset,
@@ -95,6 +96,7 @@ _WHERE = {
     "tune": "_tune._driver",
     "verbose": "_logs",
     "worker_log_env": "_logs",
+    "tasks_in_flight": "_datasets",
     "without_budget_backpressure": "_datasets",
     "work_blocks": "_datasets",
     "work_dataset": "_datasets",
@@ -133,6 +135,7 @@ __all__ = [
     "stream",
     "summary_lines",
     "summary_text",
+    "tasks_in_flight",
     "train",
     "train_embed",
     "train_log_level",

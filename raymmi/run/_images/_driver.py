@@ -4,11 +4,12 @@ One field is one row of work (with ``--aggregate``, one well: its fields one aft
 so the well's cells can be aggregated where they were measured, with no shuffle). Rows are
 grouped into blocks by :func:`raymmi.run.work_blocks` (up to ~16 fields, big blocks first,
 single fields last) and flow through ``map_batches`` (one block a call, at most ``workers``
-tasks at once, one CPU each); a task profiles its block one field at a time, so a worker holds
-one field's stack and its block's cells, however many fields there are. Each task writes its
-cells as ``plates`` parts (never two plates in a file) and returns one row: the parts' entries
-and its fields' QC records. The driver writes ``_field_qc.csv`` and commits the manifest
-last.
+tasks at once, one CPU each, one more queued where the CPUs bound them:
+:func:`raymmi.run.tasks_in_flight`); a task profiles its block one field at a time, so a
+worker holds one field's stack and its block's cells, however many fields there are. Each
+task writes its cells as ``plates`` parts (never two plates in a file) and returns one row:
+the parts' entries and its fields' QC records. The driver writes ``_field_qc.csv`` and
+commits the manifest last.
 
 ``--illum plate`` first runs a statistics pass: Ray tasks each sum a chunk of one plate's
 fields per channel; the driver merges the sums, smooths them into illumination functions
@@ -40,7 +41,7 @@ from raymmi.images import (
     profile_field,
 )
 from raymmi.io import FieldSpec, ShardSetWriter, read_field, read_load_data, resolve
-from raymmi.run._datasets import without_budget_backpressure, work_dataset
+from raymmi.run._datasets import tasks_in_flight, without_budget_backpressure, work_dataset
 from raymmi.run._images._cells import (
     ImagePlan,
     ProfileUnits,
@@ -344,7 +345,8 @@ def ingest_images(
     fields, plan = plan_images(config)
     negcon = _negcon(fields, config.negcon)
     resources = init_ray(ray_config)
-    workers = config.workers or max(1, int(resources.get("CPU", 1)))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    workers = config.workers or cpus
     cfg = to_dict(config)
     with (
         ShardSetWriter(config.out, overwrite=config.overwrite) as writer,
@@ -354,7 +356,8 @@ def ingest_images(
         units = _units(fields, negcon, config.aggregate)
         # up to ~16 fields a map task (a well of 9 sites with --aggregate: one or two wells)
         ds = work_dataset(units, workers, most=max(1, 16 * len(units) // max(1, len(fields))))
-        size = max(1, min(workers, len(units)))
+        blocks = ds.num_blocks()
+        size = max(1, min(workers, blocks))
         # cells: each map task writes its block's parts; well rows (a few a task) come back
         # and are written here, one part per plate, not one tiny part per well
         staging = None if plan.aggregate else writer.staging
@@ -365,7 +368,8 @@ def ingest_images(
                 profile_units,
                 batch_size=None,  # one block = one call = one part per plate
                 fn_kwargs={"plan": plan, "illum": [illum_refs], "staging": staging},
-                compute=ray.data.TaskPoolStrategy(size=size),
+                # one task queued ahead: a freed worker starts it on its lease, no ~0.15 s gap
+                compute=ray.data.TaskPoolStrategy(size=tasks_in_flight(workers, cpus, blocks)),
                 num_cpus=1,
                 batch_format="numpy",
             )

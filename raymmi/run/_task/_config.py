@@ -176,7 +176,9 @@ def score_text(name: str, value: float, *, batches: int | None = None) -> str:
     """A score for the terminal: its value, or ``n/a (why)`` when it could not be computed."""
     if value == value:  # not NaN
         # counts (cells, features, dims) as whole numbers, scores to four decimals
-        return f"{value:.0f}" if name.startswith(("cells_", "features", "dims")) else f"{value:.4f}"
+        return (
+            f"{value:.0f}" if name.startswith(("cells_", "features", "dims")) else f"{value:.4f}"
+        )
     why = NOT_COMPUTED.get(name, "not computable on these cells")
     if name in ("asw_batch", "ilisi") and batches is not None and batches > 1:
         why = "not computable on these cells"
