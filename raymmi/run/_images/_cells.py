@@ -4,8 +4,8 @@
 (or :func:`profile_units` without embedding) takes one block of work rows (a field each, or
 a well's fields with ``--aggregate``), profiles them one field at a time with the pure ops of
 :mod:`raymmi.images`, and either writes the block's cells as ``plates`` parts itself
-(:func:`write_cells`) or returns its well rows for the driver to write. Each work row's QC
-records travel in one trailing sentinel row (``__field_qc``).
+(:func:`write_cells`) or returns its well rows for the driver to write, each with its
+fields' QC records beside it (``__field_qc``).
 """
 
 from __future__ import annotations
@@ -120,12 +120,11 @@ def _well_rows(fields: Sequence[_FieldCells], specs: Sequence[FieldSpec], plan: 
 
 def _unit_table(
     unit: dict[str, Any], plan: ImagePlan, illum_refs: dict[str, Any], embedder: Any
-) -> pa.Table:
-    """One work row's cells (or its well's profile) plus one trailing QC sentinel row.
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """One work row's cells (or its well's one profile row) and its fields' QC records.
 
-    The sentinel carries the fields' QC records in ``__field_qc`` (null on every cell row)
-    and ``-1`` as its object number or count; :func:`write_cells` drops it. Columns are
-    built as Arrow arrays from numpy (no per-cell pandas frames: they cost ~15% of a field).
+    Columns are built as Arrow arrays from numpy (no per-cell pandas frames: they cost ~15%
+    of a field).
     """
     specs = [FieldSpec.from_dict(d) for d in json.loads(unit["fields"])]
     fields: list[_FieldCells] = []
@@ -134,40 +133,28 @@ def _unit_table(
         illum = ray.get(illum_refs[plate]) if plate in illum_refs else None
         fields.append(_field_cells(spec, plan, illum, embedder))
     negcon = bool(unit["negcon"])
-    qc = json.dumps([f.qc for f in fields])
-    schema = plan.schema().append(pa.field(QC_COLUMN, pa.string()))
+    qc = [f.qc for f in fields]
+    schema = plan.schema()
     if plan.aggregate:
         out = _well_rows(fields, specs, plan)
         out[NEGCON] = negcon
-        stored = plan.schema()
-        body = pa.Table.from_pandas(out[stored.names], schema=stored, preserve_index=False)
-        body = body.append_column(QC_COLUMN, pa.nulls(body.num_rows, pa.string()))
-        sentinel = {name: pa.nulls(1, schema.field(name).type) for name in schema.names}
-        for m in plan.metadata:
-            sentinel[m] = pa.array([specs[0].metadata[m]], pa.string())
-        sentinel[OBJECT_COUNT] = pa.array([-1], pa.int64())
-        sentinel[NEGCON] = pa.array([negcon])
-        sentinel[QC_COLUMN] = pa.array([qc], pa.string())
-        last = pa.table([sentinel[name] for name in schema.names], schema=schema)
-        return pa.concat_tables([body, last])
+        return pa.Table.from_pandas(out[schema.names], schema=schema, preserve_index=False), qc
     n = sum(f.n for f in fields)
     columns: dict[str, pa.Array] = {}
     for m in plan.metadata:
         repeated = [s.metadata[m] for f, s in zip(fields, specs, strict=True) for _ in range(f.n)]
-        columns[m] = pa.array([*repeated, specs[0].metadata[m]], pa.string())
-    sentinel_ids = {OBJECT_NUMBER: -1}
+        columns[m] = pa.array(repeated, pa.string())
     for name in (OBJECT_NUMBER, *plan.centers):
         kind = schema.field(name).type
-        column = np.concatenate([*(f.ids[name] for f in fields), [sentinel_ids.get(name, np.nan)]])
+        column = np.concatenate([np.zeros(0), *(f.ids[name] for f in fields)])
         columns[name] = pa.array(column.astype(kind.to_pandas_dtype()), kind)
-    columns[NEGCON] = pa.array(np.full(n + 1, negcon))
+    columns[NEGCON] = pa.array(np.full(n, negcon))
     values = np.concatenate(
-        [*(f.values for f in fields), np.full((len(plan.features), 1), np.nan, np.float32)], axis=1
+        [np.zeros((len(plan.features), 0), np.float32), *(f.values for f in fields)], axis=1
     )
     for j, name in enumerate(plan.features):
         columns[name] = pa.array(values[j], FEATURE_TYPE)
-    columns[QC_COLUMN] = pa.array([None] * n + [qc], pa.string())
-    return pa.table([columns[name] for name in schema.names], schema=schema)
+    return pa.table([columns[name] for name in schema.names], schema=schema), qc
 
 
 def profile_units(
@@ -189,7 +176,8 @@ class ProfileUnits:
     the parts' manifest entries and the fields' QC records, as JSON. The map task is the
     write: no per-cell data goes through the object store, and no write task waits at the end
     (measured on 2 CPUs: a separate write of 80 fields' cells held the last 1.3-1.7 s alone).
-    Without ``staging`` it returns the cells and their QC sentinel rows (:func:`_unit_table`).
+    Without ``staging`` (``--aggregate``) it returns its well rows, each with its fields' QC
+    records as JSON in ``__field_qc``, for the driver to write (:func:`write_cells`).
     """
 
     def __init__(
@@ -209,41 +197,35 @@ class ProfileUnits:
             self.embedder = CropEmbedder(**embed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        tables = [
-            _unit_table(
-                {"fields": batch["fields"][i], "negcon": batch["negcon"][i]},
-                self.plan,
-                self.illum,
-                self.embedder,
-            )
-            for i in range(len(batch["fields"]))
-        ]
-        table = pa.concat_tables(tables)
-        if self.staging is None:
-            return table
+        tables: list[pa.Table] = []
+        qc: list[list[dict[str, Any]]] = []
+        for i in range(len(batch["fields"])):
+            unit = {"fields": batch["fields"][i], "negcon": batch["negcon"][i]}
+            table, records = _unit_table(unit, self.plan, self.illum, self.embedder)
+            tables.append(table)
+            qc.append(records)
+        cells = pa.concat_tables(tables)
+        if self.staging is None:  # one well row per work row: its QC rides beside it
+            return cells.append_column(QC_COLUMN, pa.array([json.dumps(r) for r in qc]))
         name = f"part-{int(batch['index'][0]):06d}.parquet"
-        return write_cells(table, self.staging, self.plan.schema(), name)
+        entries = write_cells(cells, self.staging, self.plan.schema(), name)
+        return pa.table(
+            {
+                "files": [json.dumps([dataclasses.asdict(e) for e in entries])],
+                "qc": [json.dumps([r for records in qc for r in records])],
+            }
+        )
 
 
-def write_cells(table: pa.Table, staging: str, schema: pa.Schema, name: str) -> pa.Table:
-    """Cells (QC sentinel rows dropped) into plate parts; one row of entries + QC (JSON)."""
+def write_cells(cells: pa.Table, staging: str, schema: pa.Schema, name: str) -> list[FileEntry]:
+    """Cells (or well rows) into plate parts named ``name`` (one per plate); their entries."""
     from raymmi.io import PlateSplitter
 
-    is_qc = table.column(QC_COLUMN).is_valid()
-    qc = [
-        r for text in table.filter(is_qc).column(QC_COLUMN).to_pylist() for r in json.loads(text)
-    ]
-    cells = table.filter(pa.compute.invert(is_qc)).drop_columns([QC_COLUMN])
-    entries: list[FileEntry] = []
-    if cells.num_rows:
-        splitter = PlateSplitter(staging, schema, part_name=name, keys=())
-        try:
-            splitter.write(cells)
-        finally:
-            entries = splitter.close()
-    return pa.table(
-        {
-            "files": [json.dumps([dataclasses.asdict(e) for e in entries])],
-            "qc": [json.dumps(qc)],
-        }
-    )
+    if not cells.num_rows:
+        return []
+    splitter = PlateSplitter(staging, schema, part_name=name, keys=())
+    try:
+        splitter.write(cells)
+    finally:
+        entries = splitter.close()
+    return entries

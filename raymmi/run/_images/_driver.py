@@ -43,6 +43,7 @@ from raymmi.images import (
 from raymmi.io import FieldSpec, ShardSetWriter, read_field, read_load_data, resolve
 from raymmi.run._datasets import tasks_in_flight, without_budget_backpressure, work_dataset
 from raymmi.run._images._cells import (
+    QC_COLUMN,
     ImagePlan,
     ProfileUnits,
     profile_units,
@@ -388,16 +389,18 @@ def ingest_images(
                 batch_format="numpy",
             )
         without_budget_backpressure(ds)
-        results = _gather_user(lambda: ray.get(ds.to_arrow_refs()))
-        if staging is None:
-            name = "part-000000.parquet"
-            cells = pa.concat_tables(results)
-            results = [write_cells(cells, writer.staging, plan.schema(), name)]
+        results = pa.concat_tables(_gather_user(lambda: ray.get(ds.to_arrow_refs())))
         files: list[FileEntry] = []
         records: list[dict[str, Any]] = []
-        for row in pa.concat_tables(results).to_pylist():
-            files += [FileEntry(**e) for e in json.loads(row["files"])]
-            records += json.loads(row["qc"])
+        if staging is None:  # the well rows, their fields' QC beside each
+            for text in results.column(QC_COLUMN).to_pylist():
+                records += json.loads(text)
+            wells = results.drop_columns([QC_COLUMN])
+            files = write_cells(wells, writer.staging, plan.schema(), "part-000000.parquet")
+        else:  # one row per map task: its parts' entries and QC records
+            for row in results.to_pylist():
+                files += [FileEntry(**e) for e in json.loads(row["files"])]
+                records += json.loads(row["qc"])
         files.sort(key=lambda e: (e.plate or "", e.path))
         qc = _in_load_data_order(pd.DataFrame(records), fields)
         _write_qc(writer.staging, qc)
@@ -426,8 +429,7 @@ def ingest_images(
                 "qc_file": QC_FILE,
             },
         )
-        if not manifest.files:
-            pass  # no cells at all: an empty set with its QC table is still the answer
+        # no cells at all is still an answer: an empty set with its QC table
         manifest = writer.commit(manifest)
         seconds = time.perf_counter() - started
         run.log_shard_set(config.out, manifest.to_dict(), context="output")
